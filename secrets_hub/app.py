@@ -1,0 +1,69 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
+
+from secrets_hub import bootstrap
+from secrets_hub.config import load_settings
+from secrets_hub.crypto import SESSION_LABEL, Keyring, derive_key
+from secrets_hub.db import db, engine_options
+from secrets_hub.errors import ConfigError
+from secrets_hub.runtime import Runtime
+
+PACKAGE_DIR = Path(__file__).parent
+
+
+def _asset_folder(name: str) -> str:
+    """The package's own copy when installed (`pip install .`), else the top-level folder of the checkout."""
+    packaged = PACKAGE_DIR / name
+    return str(packaged if packaged.is_dir() else PACKAGE_DIR.parent / name)
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Mark the session cookie `Secure` whenever the request came over HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure or super().get_cookie_secure(app)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the environment plus `config`; the database must have been initialised."""
+    settings = load_settings(config)
+    if not settings.master_key:
+        raise ConfigError("No master key is configured: run `secrets-hub init`, or set SECRETS_HUB_MASTER_KEY")
+    keyring = Keyring.from_master(settings.master_key, settings.old_master_keys)
+
+    app = Flask(
+        __name__,
+        instance_path=str(settings.instance_path),
+        template_folder=_asset_folder("templates"),
+        static_folder=str(PACKAGE_DIR / "static"),
+    )
+    app.config.update(
+        SECRET_KEY=derive_key(settings.master_key, SESSION_LABEL),
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        # A JSON-escaped value may take six bytes per character; anything beyond is refused unread.
+        MAX_CONTENT_LENGTH=max(1024 * 1024, 8 * settings.max_value_bytes),
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.config.update({k: v for k, v in (config or {}).items() if k.isupper() and k in {"TESTING"}})
+    app.session_interface = SessionInterface()
+    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring)
+    db.init_app(app)
+
+    from secrets_hub import web
+
+    web.init_app(app)
+    with app.app_context():
+        bootstrap.check_master_key(db.engine, keyring)
+    return app

@@ -1,0 +1,86 @@
+"""Bringing a database to life: schema migrations and the master key check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+
+from secrets_hub.crypto import Keyring
+from secrets_hub.errors import ConfigError, DecryptionError
+from secrets_hub.models import Meta
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+KEY_CHECK = "key_check"
+KEY_CHECK_PLAINTEXT = "secrets-hub key check"
+KEY_CHECK_CONTEXT = "secrets-hub/key-check"
+# Any constant works; it only has to be the same in every process that migrates this database.
+PG_MIGRATION_LOCK = 7_344_210_003
+
+
+def alembic_config(connection):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Run every pending migration; safe to call from several processes at once."""
+    from alembic import command
+
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Two servers starting together on one database must not both create the tables.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PG_MIGRATION_LOCK})
+        command.upgrade(alembic_config(connection), "head")
+
+
+def check_master_key(engine: Engine, keyring: Keyring) -> None:
+    """Refuse a master secret that does not open this database; record the check on first use."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(Meta.__tablename__):
+            raise ConfigError("The database is not initialised: run `secrets-hub init` first")
+        row = connection.execute(select(Meta.value).where(Meta.name == KEY_CHECK)).scalar()
+    if row is None:
+        sealed = keyring.encrypt(KEY_CHECK_PLAINTEXT, KEY_CHECK_CONTEXT)
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    Meta.__table__.insert(),
+                    {"name": KEY_CHECK, "value": f"{sealed.key_id}:{sealed.iv}:{sealed.encrypted_value}"},
+                )
+            return
+        except IntegrityError:  # another process recorded its check first: verify against that one
+            return check_master_key(engine, keyring)
+    key_id, iv, encrypted_value = row.split(":", 2)
+    try:
+        keyring.decrypt(encrypted_value, iv, key_id, KEY_CHECK_CONTEXT)
+    except DecryptionError:
+        raise ConfigError(
+            f"The master key does not match this database (key check failed for key id {key_id}); "
+            "set SECRETS_HUB_MASTER_KEY to the secret this database was created with"
+        ) from None
+
+
+def initialize(overrides=None):
+    """`secrets-hub init`: instance folder, master key file if none is configured, schema, key check.
+
+    Safe to run twice; returns the settings with the master key filled in.
+    """
+    from sqlalchemy import create_engine
+
+    from secrets_hub.config import ensure_master_key, load_settings
+    from secrets_hub.db import engine_options
+
+    settings = ensure_master_key(load_settings(overrides))
+    engine = create_engine(settings.database_url, **engine_options(settings.database_url))
+    try:
+        upgrade(engine)
+        check_master_key(engine, Keyring.from_master(settings.master_key, settings.old_master_keys))
+    finally:
+        engine.dispose()
+    return settings

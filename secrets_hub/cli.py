@@ -1,0 +1,257 @@
+"""The `secrets-hub` command line. Values and tokens go to stdout alone; every message goes to stderr.
+
+Imports of the app are deferred into each command so that `secrets-hub get` starts quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import click
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _json(schema: Any, rows: Any) -> None:
+    """The same JSON shapes as the REST API, dumped by the same schemas."""
+    click.echo(json.dumps(schema.dump(rows), indent=2))
+
+
+@contextmanager
+def _session() -> Iterator[Any]:
+    """An app context and the operator as caller; domain errors become one line and exit status 1."""
+    import getpass
+
+    from secrets_hub.app import create_app
+    from secrets_hub.auth import operator
+
+    app = create_app()
+    with app.app_context():
+        yield operator(getpass.getuser())
+
+
+class Group(click.Group):
+    """Turn every failure into one clear line on stderr: never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from secrets_hub.errors import SecretsHubError
+
+        try:
+            return super().invoke(ctx)
+        except SecretsHubError as error:
+            raise click.ClickException(error.message) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001 - the last line of defence for a script-facing tool
+            from sqlalchemy.exc import OperationalError
+
+            if isinstance(error, OperationalError):
+                raise click.ClickException("Database unavailable") from None
+            raise click.ClickException(f"Unexpected error: {type(error).__name__}") from None
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="secrets-hub")
+def cli() -> None:
+    """secrets-hub: encrypted secrets for your apps, scripts and AI agents."""
+
+
+def main() -> None:
+    cli(prog_name="secrets-hub")
+
+
+@cli.command()
+def init() -> None:
+    """Create the instance folder, the database schema and (if none is configured) the master key file."""
+    from secrets_hub.bootstrap import initialize
+
+    settings = initialize()
+    _note(f"Ready: {settings.backend} database, master key from {settings.master_key_source}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the web app (UI and REST API) with the granian production server; runs `init` first."""
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    from secrets_hub.bootstrap import initialize
+
+    settings = initialize()
+    _note(f"secrets-hub on http://{host}:{port} ({settings.backend}, {workers} worker(s))")
+    Server(
+        "secrets_hub.app:create_app",
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=workers,
+        factory=True,
+        log_access=False,
+    ).serve()
+
+
+@cli.group()
+def user() -> None:
+    """Manage the people who sign in to the settings page."""
+
+
+@user.command("create")
+@click.option("--email", required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin instead of prompting.")
+@click.option("--admin/--no-admin", default=True, show_default=True, help="Give the user every scope.")
+def user_create(email: str, password_stdin: bool, admin: bool) -> None:
+    """Create a user."""
+    from secrets_hub import users
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    with _session() as caller:
+        users.create_user(caller, email, password, is_admin=admin)
+    _note(f"Created user {email}")
+
+
+@cli.group()
+def token() -> None:
+    """Manage API tokens."""
+
+
+@token.command("create")
+@click.option("--name", required=True)
+@click.option("--scope", "scopes", multiple=True, required=True,
+              help="secrets:read, secrets:write, mcp or admin (repeatable).")
+@click.option("--allow", "allow", multiple=True, help="Limit the token to keys matching this glob (repeatable).")
+@click.option("--expires-in", default=None, help="Lifetime such as 90m or 30d; never expires if omitted.")
+def token_create(name: str, scopes: tuple[str, ...], allow: tuple[str, ...], expires_in: str | None) -> None:
+    """Create a token and print it; it is never shown again."""
+    from secrets_hub import tokens, validation
+
+    scope_list = validation.validate_scopes(list(scopes))
+    allow_list = validation.validate_allow(list(allow))
+    lifetime = validation.parse_duration(expires_in)
+    with _session() as caller:
+        created = tokens.create_token(caller, validation.validate_token_name(name), scope_list, allow_list, lifetime)
+    click.echo(created["token"])
+    _note(f"Created token {name}; store it now, it will not be shown again.")
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def token_list(as_json: bool) -> None:
+    """List tokens (never the tokens themselves)."""
+    from secrets_hub import schemas, tokens
+
+    with _session() as caller:
+        rows = tokens.list_tokens(caller)
+    if as_json:
+        return _json(schemas.tokens_schema, rows)
+    for row in rows:
+        expires = row["expires_at"].isoformat() if row["expires_at"] else "never"
+        click.echo(f"{row['name']}\t{' '.join(row['scopes'])}\t{' '.join(row['allow'] or ['*'])}\texpires {expires}")
+
+
+@token.command("revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke a token by name."""
+    from secrets_hub import tokens
+
+    with _session() as caller:
+        tokens.revoke_token(caller, name)
+    _note(f"Revoked token {name}")
+
+
+@cli.command("set")
+@click.argument("key")
+@click.option("--description", default=None, help="Set the description too.")
+def set_secret(key: str, description: str | None) -> None:
+    """Create or update KEY with the value read from stdin (never from the command line)."""
+    from secrets_hub import service
+    from secrets_hub.validation import validate_key
+
+    validate_key(key)
+    value = sys.stdin.read()
+    if value.endswith("\n"):
+        value = value[:-1]
+    with _session() as caller:
+        version = service.put_secret(caller, key, value, description)
+    _note(f"{'Created' if version == 1 else 'Updated'} {key} (version {version})")
+
+
+@cli.command("get")
+@click.argument("key")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="An older version.")
+def get_secret(key: str, version: int | None) -> None:
+    """Print the value of KEY alone."""
+    from secrets_hub import service
+
+    with _session() as caller:
+        value = service.read_secret(caller, key, version)["value"]
+    click.echo(value)
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def list_secrets(as_json: bool) -> None:
+    """List keys and descriptions, never values."""
+    from secrets_hub import schemas, service
+
+    with _session() as caller:
+        rows = service.list_secrets(caller)
+    if as_json:
+        return _json(schemas.secrets_meta_schema, rows)
+    for row in rows:
+        click.echo(f"{row['key']}\t{row['description'] or ''}")
+
+
+@cli.command("delete")
+@click.argument("key")
+def delete_secret(key: str) -> None:
+    """Delete KEY and all its versions."""
+    from secrets_hub import service
+
+    with _session() as caller:
+        service.delete_secret(caller, key)
+    _note(f"Deleted {key}")
+
+
+@cli.command("history")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+def history(key: str, as_json: bool) -> None:
+    """List the kept versions of KEY, newest first."""
+    from secrets_hub import schemas, service
+
+    with _session() as caller:
+        rows = service.list_versions(caller, key)
+    if as_json:
+        return _json(schemas.versions_schema, rows)
+    for row in rows:
+        marker = "current" if row["current"] else ""
+        click.echo(f"{row['version']}\t{row['created_at'].isoformat()}\t{row['created_by'] or ''}\t{marker}".rstrip())
+
+
+@cli.command("audit")
+@click.option("--key", default=None, help="Only events about this key.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+def audit_log(key: str | None, limit: int, as_json: bool) -> None:
+    """Show the audit log, newest first."""
+    from secrets_hub import schemas, service
+
+    with _session() as caller:
+        rows = service.read_audit_log(caller, key=key, limit=limit)
+    if as_json:
+        return _json(schemas.audit_events_schema, rows)
+    for row in rows:
+        click.echo("\t".join([row["at"].isoformat(), row["actor"], row["channel"], row["action"],
+                              row["key"] or "-", row["outcome"], row["remote_addr"] or "-"]))

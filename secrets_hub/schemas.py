@@ -1,0 +1,198 @@
+"""marshmallow schemas: they validate request bodies and shape responses, and the OpenAPI document is built from them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import marshmallow
+from marshmallow import RAISE, Schema, fields
+
+from secrets_hub import validation
+from secrets_hub.errors import ValidationError
+
+
+def _rule(check: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """Adapt a `validation` rule to a marshmallow validator, keeping the rule's exact message."""
+
+    def validator(value: Any) -> None:
+        try:
+            check(value)
+        except ValidationError as error:
+            raise marshmallow.ValidationError(error.message) from None
+
+    return validator
+
+
+def isoformat(value: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a `Z`, as JavaScript's toISOString writes it."""
+    value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+class UTCDateTime(fields.DateTime):
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else isoformat(value)
+
+
+def _required(field: type[fields.Field], message: str, **kwargs) -> fields.Field:
+    return field(required=True, error_messages={"required": message, "null": message}, **kwargs)
+
+
+class BodySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class SecretCreateSchema(BodySchema):
+    key = _required(fields.Raw, "Key is required", validate=_rule(validation.validate_key),
+                    metadata={"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$", "maxLength": 255, "example": "GITHUB_TOKEN"})
+    value = _required(fields.Raw, "Value is required", validate=_rule(validation.validate_value),
+                      load_only=True, metadata={"type": "string", "minLength": 1})
+    description = fields.Raw(allow_none=True, load_default=None, validate=_rule(validation.validate_description),
+                             metadata={"type": ["string", "null"], "maxLength": 1000})
+
+
+class SecretUpdateSchema(BodySchema):
+    value = fields.Raw(validate=_rule(validation.validate_value), load_only=True,
+                       error_messages={"null": "Value is required"}, metadata={"type": "string", "minLength": 1})
+    description = fields.Raw(allow_none=True, validate=_rule(validation.validate_description),
+                             metadata={"type": ["string", "null"], "maxLength": 1000})
+
+
+class RestoreSchema(BodySchema):
+    version = _required(fields.Raw, "Version is required", validate=_rule(validation.validate_version),
+                        metadata={"type": "integer", "minimum": 1})
+
+
+class TokenCreateSchema(BodySchema):
+    name = _required(fields.Raw, "Name is required", validate=_rule(validation.validate_token_name),
+                     metadata={"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"})
+    scopes = _required(fields.Raw, "Scopes are required", validate=_rule(validation.validate_scopes),
+                       metadata={"type": "array", "items": {"type": "string", "enum": list(validation.SCOPES)}})
+    allow = fields.Raw(allow_none=True, load_default=None, validate=_rule(validation.validate_allow),
+                       metadata={"type": ["array", "null"], "items": {"type": "string"}})
+    expiresIn = fields.Raw(allow_none=True, load_default=None, validate=_rule(validation.parse_duration),
+                           metadata={"type": ["string", "null"], "example": "30d"})
+
+
+class SecretMetaSchema(Schema):
+    id = fields.String()
+    key = fields.String()
+    description = fields.String(allow_none=True)
+    createdAt = UTCDateTime(attribute="created_at")
+    updatedAt = UTCDateTime(attribute="updated_at")
+
+
+class SecretCreatedSchema(SecretMetaSchema):
+    class Meta:
+        exclude = ("updatedAt",)
+
+
+class SecretUpdatedSchema(SecretMetaSchema):
+    class Meta:
+        exclude = ("createdAt",)
+
+
+class SecretValueSchema(Schema):
+    key = fields.String()
+    value = fields.String()
+
+
+class VersionSchema(Schema):
+    version = fields.Integer()
+    createdAt = UTCDateTime(attribute="created_at")
+    createdBy = fields.String(attribute="created_by", allow_none=True)
+    current = fields.Boolean()
+
+
+class RestoredSchema(Schema):
+    id = fields.String()
+    key = fields.String()
+    version = fields.Integer()
+    updatedAt = UTCDateTime(attribute="updated_at")
+
+
+class DeletedSchema(Schema):
+    deleted = fields.Boolean()
+
+
+class AuditEventSchema(Schema):
+    id = fields.Integer()
+    at = UTCDateTime()
+    actor = fields.String()
+    channel = fields.String()
+    action = fields.String()
+    key = fields.String(allow_none=True)
+    outcome = fields.String()
+    remoteAddr = fields.String(attribute="remote_addr", allow_none=True)
+
+
+class TokenSchema(Schema):
+    name = fields.String()
+    scopes = fields.List(fields.String())
+    allow = fields.List(fields.String(), allow_none=True)
+    createdAt = UTCDateTime(attribute="created_at")
+    lastUsedAt = UTCDateTime(attribute="last_used_at", allow_none=True)
+    expiresAt = UTCDateTime(attribute="expires_at", allow_none=True)
+
+
+class TokenCreatedSchema(TokenSchema):
+    token = fields.String()
+
+    class Meta:
+        exclude = ("lastUsedAt",)
+
+
+class RevokedSchema(Schema):
+    revoked = fields.Boolean()
+
+
+class ErrorSchema(Schema):
+    statusCode = fields.Integer()
+    message = fields.String()
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+
+
+def first_message(messages: Any) -> str:
+    """marshmallow reports every field; SPEC.md answers with one message, the first in field order."""
+    if isinstance(messages, str):
+        return messages
+    if isinstance(messages, dict):
+        return first_message(next(iter(messages.values())))
+    return first_message(messages[0])
+
+
+def load(schema: Schema, data: Any) -> dict[str, Any]:
+    """Validate a request body with `schema`, raising ValidationError with the message SPEC.md names."""
+    if not isinstance(data, dict):
+        raise ValidationError("Request body must be JSON")
+    unknown = [name for name in data if name not in schema.load_fields]
+    if unknown:
+        raise ValidationError(f'Unknown field "{unknown[0]}"')
+    try:
+        return schema.load(data)
+    except marshmallow.ValidationError as error:
+        ordered = {name: error.messages_dict[name] for name in schema.load_fields if name in error.messages_dict}
+        raise ValidationError(first_message(ordered or error.messages_dict)) from None
+
+
+secret_create_schema = SecretCreateSchema()
+secret_update_schema = SecretUpdateSchema()
+restore_schema = RestoreSchema()
+token_create_schema = TokenCreateSchema()
+secret_meta_schema = SecretMetaSchema()
+secrets_meta_schema = SecretMetaSchema(many=True)
+secret_created_schema = SecretCreatedSchema()
+secret_updated_schema = SecretUpdatedSchema()
+secret_value_schema = SecretValueSchema()
+versions_schema = VersionSchema(many=True)
+restored_schema = RestoredSchema()
+deleted_schema = DeletedSchema()
+audit_events_schema = AuditEventSchema(many=True)
+tokens_schema = TokenSchema(many=True)
+token_created_schema = TokenCreatedSchema()
+revoked_schema = RevokedSchema()

@@ -1,0 +1,94 @@
+"""People who sign in to the settings page: creation and password checks."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from flask_login import UserMixin
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from secrets_hub import audit
+from secrets_hub.auth import ADMIN, Caller, authorize
+from secrets_hub.db import db, utcnow
+from secrets_hub.errors import ConflictError, ValidationError
+from secrets_hub.models import User, new_uuid
+
+EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+")
+MIN_PASSWORD = 8
+# Checked when the email is unknown, so a failed login takes as long whether or not the account exists.
+_DUMMY_HASH = generate_password_hash("secrets-hub-timing-equaliser")
+
+
+@dataclass(frozen=True)
+class SessionUser(UserMixin):
+    """The signed-in person as flask-login sees them."""
+
+    id: str
+    email: str
+    is_admin: bool
+    password_hash: str
+
+    def get_id(self) -> str:
+        # Binding the session to the password hash ends every session when the password changes.
+        return f"{self.id}:{_session_tag(self.password_hash)}"
+
+
+def _session_tag(password_hash: str) -> str:
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def _from_row(row: Any) -> SessionUser:
+    return SessionUser(id=row.id, email=row.email, is_admin=row.is_admin, password_hash=row.password_hash)
+
+
+def validate_credentials(email: Any, password: Any) -> tuple[str, str]:
+    if not isinstance(email, str) or len(email) > 320 or not EMAIL_PATTERN.fullmatch(email.strip()):
+        raise ValidationError("Email must be a valid email address")
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD:
+        raise ValidationError(f"Password must be at least {MIN_PASSWORD} characters")
+    return email.strip().lower(), password
+
+
+def count_users() -> int:
+    return db.session.execute(select(func.count()).select_from(User)).scalar_one()
+
+
+def create_user(caller: Caller | None, email: Any, password: Any, is_admin: bool = False) -> SessionUser:
+    """Create an account; `caller` is None only for the first-run admin, created before anyone can sign in."""
+    if caller is not None:
+        authorize(caller, ADMIN, "user.create")
+    email, password = validate_credentials(email, password)
+    row = {"id": new_uuid(), "email": email, "password_hash": generate_password_hash(password),
+           "is_admin": is_admin, "created_at": utcnow()}
+    try:
+        db.session.execute(insert(User), row)
+        if caller is not None:
+            audit.record(caller, "user.create", email, "ok")
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise ConflictError(f'User "{email}" already exists') from None
+    return SessionUser(id=row["id"], email=email, is_admin=is_admin, password_hash=row["password_hash"])
+
+
+def check_password(email: str, password: str) -> SessionUser | None:
+    """The user whose email and password these are, or None."""
+    row = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar()
+    if row is None:
+        check_password_hash(_DUMMY_HASH, password)
+        return None
+    return _from_row(row) if check_password_hash(row.password_hash, password) else None
+
+
+def load_session_user(session_id: str) -> SessionUser | None:
+    """flask-login's user loader: the id must still carry the current password's tag."""
+    user_id, _, tag = session_id.partition(":")
+    row = db.session.get(User, user_id)
+    if row is None or tag != _session_tag(row.password_hash):
+        return None
+    return _from_row(row)

@@ -1,0 +1,64 @@
+"""One translation of errors into responses: JSON `{"statusCode", "message"}` for the API, pages elsewhere."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import OperationalError, InterfaceError
+from werkzeug.exceptions import HTTPException
+
+from secrets_hub.errors import DatabaseUnavailableError, SecretsHubError
+
+HTTP_MESSAGES = {
+    400: "Bad request",
+    401: "Authentication required",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    429: "Too many requests",
+}
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path in ("/api", "/healthz")
+
+
+def json_error(status: int, message: str):
+    response = jsonify({"statusCode": status, "message": message})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(SecretsHubError)
+    def domain_error(error: SecretsHubError):
+        return json_error(error.status, error.message)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(error: CSRFError):
+        if wants_json():
+            return json_error(403, "CSRF token missing or invalid")
+        return error.description, 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if not wants_json():
+            return error
+        status = error.code or 500
+        return json_error(status, HTTP_MESSAGES.get(status, error.name))
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_error(error: Exception):
+        app.logger.error("database unavailable: %s", type(error).__name__)
+        return json_error(503, DatabaseUnavailableError().message)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception):
+        # The traceback goes to the server log only; the client learns nothing about internals.
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "Internal server error")
