@@ -1,0 +1,188 @@
+"""Shared fixtures. Storage tests run once on SQLite and once on PostgreSQL.
+
+PostgreSQL is selected by SECRETS_HUB_TEST_POSTGRES_URL (`.ci/run` sets it); without it, or when the
+server does not answer, the PostgreSQL cases skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import requests
+
+from secrets_hub import bootstrap
+from secrets_hub.app import create_app
+from secrets_hub.auth import operator
+from secrets_hub.db import db
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MASTER_KEY = "test-master-secret-not-for-production-0123456789"
+POSTGRES_URL = os.environ.get("SECRETS_HUB_TEST_POSTGRES_URL")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _postgres_unavailable() -> str | None:
+    if not POSTGRES_URL:
+        return "SECRETS_HUB_TEST_POSTGRES_URL is not set (see .ci/run)"
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except Exception as error:  # noqa: BLE001 - any failure means "skip", with its reason
+        return f"PostgreSQL at SECRETS_HUB_TEST_POSTGRES_URL does not answer: {type(error).__name__}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of our own for the whole run, dropped at the end."""
+    reason = _postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"secrets_hub_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _reset_postgres(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("DROP SCHEMA public CASCADE")
+        connection.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def database_url(request, backend: str, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'secrets_hub.db'}"
+    url = request.getfixturevalue("postgres_database")
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> dict[str, Any]:
+    """Settings as overrides; the same keys also work as environment variables for subprocesses."""
+    return {
+        "SECRETS_HUB_INSTANCE_PATH": str(tmp_path / "instance"),
+        "DATABASE_URL": database_url,
+        "SECRETS_HUB_MASTER_KEY": MASTER_KEY,
+        "SECRETS_HUB_PLUGINS_DIR": str(tmp_path / "plugins"),
+        "SECRETS_HUB_KEEP_VERSIONS": "20",
+        "SECRETS_HUB_MAX_VALUE_BYTES": "65536",
+    }
+
+
+@pytest.fixture
+def app(config: dict[str, Any]):
+    bootstrap.initialize(config)
+    app = create_app({**config, "TESTING": True})
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_token(app) -> Callable[..., str]:
+    """Mint a real token through the service: make_token("secrets:read", allow=["A_*"], expires_in=...)."""
+    from secrets_hub import tokens
+
+    def make(*scopes: str, allow: list[str] | None = None, expires_in=None, name: str | None = None) -> str:
+        with app.app_context():
+            created = tokens.create_token(operator("tests"), name or f"t-{uuid.uuid4().hex[:8]}",
+                                          list(scopes), allow, expires_in)
+        return created["token"]
+
+    return make
+
+
+@pytest.fixture
+def admin_token(make_token) -> str:
+    return make_token("secrets:read", "secrets:write", "admin", name="admin")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli_env(config: dict[str, Any]) -> dict[str, str]:
+    """The environment a subprocess of the CLI or server runs with: ours, plus the test settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_HUB_") and k not in ("DATABASE_URL", "BETTER_AUTH_SECRET")}
+    return {**env, **{k: str(v) for k, v in config.items()}}
+
+
+SECRETS_HUB = [sys.executable, "-m", "secrets_hub"]
+
+
+@pytest.fixture
+def run_cli(config: dict[str, Any], tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run `secrets-hub ARGS` as a real subprocess: run_cli("get", "KEY", input="...")."""
+
+    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*SECRETS_HUB, *args], input=input, capture_output=True, text=True, timeout=60,
+            env={**cli_env(config), **(env or {})}, cwd=tmp_path,
+        )
+
+    return run
+
+
+@pytest.fixture
+def live_server(config: dict[str, Any], tmp_path: Path) -> Iterator[str]:
+    """`secrets-hub serve` as a user starts it, on a free port; yields the base URL."""
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    process = subprocess.Popen([*SECRETS_HUB, "serve", "--port", str(port)], env=cli_env(config), cwd=tmp_path,
+                               stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server did not start: {(tmp_path / 'server.log').read_text()}")
+        time.sleep(0.1)
+    yield base
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
