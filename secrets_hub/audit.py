@@ -27,11 +27,16 @@ def record(caller: "Caller", action: str, key: str | None, outcome: str) -> None
             "actor": caller.actor,
             "channel": caller.channel,
             "action": action,
-            "key": key,
+            "key": _printable(key),
             "outcome": outcome,
             "remote_addr": caller.remote_addr,
         },
     )
+
+
+def _printable(text: str | None) -> str | None:
+    """What a client sent as a key, made storable: no NUL (PostgreSQL refuses it), bounded length."""
+    return None if text is None else text.replace("\x00", "\\0")[:300]
 
 
 def record_now(caller: "Caller", action: str, key: str | None, outcome: str) -> None:
@@ -45,7 +50,7 @@ def list_events(key: str | None = None, actor: str | None = None, limit: int = 1
     """The newest events first, optionally for one key or one actor."""
     query = select(AuditEvent.__table__).order_by(AuditEvent.id.desc()).limit(min(limit, MAX_LIMIT))
     if key:
-        query = query.where(AuditEvent.key == key)
+        query = query.where(AuditEvent.key == _printable(key))
     if actor:
-        query = query.where(AuditEvent.actor == actor)
+        query = query.where(AuditEvent.actor == _printable(actor))
     return [dict(row) for row in db.session.execute(query).mappings()]

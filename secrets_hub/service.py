@@ -18,7 +18,7 @@ from secrets_hub.db import db, utcnow
 from secrets_hub.errors import ConflictError, DecryptionError, IntegrityCheckError, NotFoundError
 from secrets_hub.models import Secret, SecretVersion, new_uuid
 from secrets_hub.runtime import runtime
-from secrets_hub.validation import check_value_size, validate_description, validate_key, validate_value
+from secrets_hub.validation import check_value_size, is_key, validate_description, validate_key, validate_value
 
 secrets_table = Secret.__table__
 versions_table = SecretVersion.__table__
@@ -29,6 +29,14 @@ UNSET: Any = object()
 
 def _not_found(key: str) -> NotFoundError:
     return NotFoundError(f'Secret with key "{key}" not found')
+
+
+def _authorize_lookup(caller: Caller, scope: str, action: str, key: str) -> None:
+    """Check scope and globs, then answer "not found" for a key no secret could have, without a query."""
+    authorize(caller, scope, action, key)
+    if not is_key(key):
+        audit.record_now(caller, action, key, "not_found")
+        raise _not_found(key)
 
 
 def _seal(key: str, value: str) -> Sealed:
@@ -54,7 +62,7 @@ def list_secrets(caller: Caller) -> list[dict[str, Any]]:
 
 def read_secret(caller: Caller, key: str, version: int | None = None) -> dict[str, Any]:
     """Decrypt the current value, or version `version`; every read is audited."""
-    authorize(caller, READ, "read", key)
+    _authorize_lookup(caller, READ, "read", key)
     if version is None:
         row = db.session.execute(
             select(secrets_table.c.encrypted_value, secrets_table.c.iv, secrets_table.c.key_id,
@@ -116,7 +124,7 @@ def _add_version(caller: Caller, secret_id: str, version: int, sealed: Sealed, n
 def update_secret(caller: Caller, key: str, value: str = UNSET, description: str | None = UNSET,
                   expected_version: int | None = None, action: str = "update") -> dict[str, Any]:
     """Change the value (a new version) and/or the description; `expected_version` makes it check-and-set."""
-    authorize(caller, WRITE, action, key)
+    _authorize_lookup(caller, WRITE, action, key)
     now = utcnow()
     changes: dict[str, Any] = {"updated_at": now}
     if description is not UNSET:
@@ -162,7 +170,7 @@ def put_secret(caller: Caller, key: str, value: str, description: str | None = N
 
 def delete_secret(caller: Caller, key: str) -> None:
     """Delete a secret and every version of it."""
-    authorize(caller, WRITE, "delete", key)
+    _authorize_lookup(caller, WRITE, "delete", key)
     deleted = db.session.execute(
         delete(secrets_table).where(secrets_table.c.key == key).returning(secrets_table.c.id)).first()
     if deleted is None:
@@ -174,7 +182,7 @@ def delete_secret(caller: Caller, key: str) -> None:
 
 def list_versions(caller: Caller, key: str) -> list[dict[str, Any]]:
     """The kept versions of one secret, newest first."""
-    authorize(caller, READ, "versions", key)
+    _authorize_lookup(caller, READ, "versions", key)
     current = db.session.execute(
         select(secrets_table.c.id, secrets_table.c.current_version).where(secrets_table.c.key == key)).first()
     if current is None:
@@ -188,7 +196,7 @@ def list_versions(caller: Caller, key: str) -> list[dict[str, Any]]:
 
 def restore_version(caller: Caller, key: str, version: int) -> dict[str, Any]:
     """Make an older version's value the newest version."""
-    authorize(caller, WRITE, "restore", key)
+    _authorize_lookup(caller, WRITE, "restore", key)
     row = db.session.execute(
         select(versions_table.c.encrypted_value, versions_table.c.iv, versions_table.c.key_id)
         .join(secrets_table, secrets_table.c.id == versions_table.c.secret_id)

@@ -14,6 +14,7 @@ from secrets_hub.crypto import hash_token, new_api_token
 from secrets_hub.db import db, utcnow
 from secrets_hub.errors import ConflictError, NotFoundError
 from secrets_hub.models import ApiToken
+from secrets_hub.validation import is_token_name
 
 TOKEN_COLUMNS = (ApiToken.name, ApiToken.scopes, ApiToken.allow, ApiToken.created_at,
                  ApiToken.last_used_at, ApiToken.expires_at)
@@ -65,10 +66,10 @@ def list_tokens(caller: Caller) -> list[dict[str, Any]]:
 def revoke_token(caller: Caller, name: str) -> None:
     """Delete the token; this process stops accepting it at once, others within seconds."""
     authorize(caller, ADMIN, "token.revoke")
-    token_hash = db.session.execute(
+    token_hash = is_token_name(name) and db.session.execute(
         delete(ApiToken).where(ApiToken.name == name).returning(ApiToken.token_hash)
     ).scalar()
-    if token_hash is None:
+    if not token_hash:
         audit.record_now(caller, "token.revoke", name, "not_found")
         raise NotFoundError(f'Token "{name}" not found')
     audit.record(caller, "token.revoke", name, "ok")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -18,10 +19,14 @@ from secrets_hub.db import db, utcnow
 from secrets_hub.errors import ConflictError, ValidationError
 from secrets_hub.models import User, new_uuid
 
-EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+")
+EMAIL_PATTERN = re.compile(r"[^@\s\x00]+@[^@\s\x00]+")
 MIN_PASSWORD = 8
-# Checked when the email is unknown, so a failed login takes as long whether or not the account exists.
-_DUMMY_HASH = generate_password_hash("secrets-hub-timing-equaliser")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # Checked when the email is unknown, so a failed login takes as long whether or not the account exists.
+    return generate_password_hash("secrets-hub-timing-equaliser")
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,11 @@ def create_user(caller: Caller | None, email: Any, password: Any, is_admin: bool
 
 def check_password(email: str, password: str) -> SessionUser | None:
     """The user whose email and password these are, or None."""
-    row = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar()
+    row = None
+    if EMAIL_PATTERN.fullmatch(email.strip()):
+        row = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar()
     if row is None:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(_dummy_hash(), password)
         return None
     return _from_row(row) if check_password_hash(row.password_hash, password) else None
 

@@ -17,6 +17,7 @@ DURATION_PATTERN = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 KEY_FORMAT_MESSAGE = "Key must be SCREAMING_SNAKE_CASE (e.g., MY_API_KEY)"
+MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
 
 
 def validate_key(key: Any) -> str:
@@ -42,11 +43,19 @@ def check_value_size(value: str, max_bytes: int) -> None:
         raise PayloadTooLargeError(f"Value exceeds {max_bytes} bytes")
 
 
+def is_key(key: Any) -> bool:
+    """Whether `key` could name a secret at all; lookups of anything else are simply "not found"."""
+    return isinstance(key, str) and len(key) <= KEY_MAX and KEY_PATTERN.fullmatch(key) is not None
+
+
 def validate_description(description: Any) -> str | None:
     if description is not None and not isinstance(description, str):
         raise ValidationError("Description must be a string")
     if description is not None and len(description) > DESCRIPTION_MAX:
         raise ValidationError(f"Description must be {DESCRIPTION_MAX} characters or less")
+    if description is not None and "\x00" in description:
+        # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
+        raise ValidationError("Description must not contain NUL characters")
     return description
 
 
@@ -54,15 +63,19 @@ def validate_version(version: Any) -> int:
     """A version number: a positive whole number, given as an int or as its decimal text."""
     if isinstance(version, str) and version.strip('"').isdigit():
         version = int(version.strip('"'))
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
         raise ValidationError("Version must be a positive integer")
     return version
+
+
+def is_token_name(name: Any) -> bool:
+    return isinstance(name, str) and TOKEN_NAME_PATTERN.fullmatch(name) is not None
 
 
 def validate_token_name(name: Any) -> str:
     if name is None or name == "":
         raise ValidationError("Name is required")
-    if not isinstance(name, str) or not TOKEN_NAME_PATTERN.fullmatch(name):
+    if not is_token_name(name):
         raise ValidationError("Name must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
 
@@ -80,7 +93,9 @@ def validate_allow(allow: Any) -> list[str] | None:
     """Key globs (fnmatch) a token is limited to; None or an empty list means every key."""
     if allow is None:
         return None
-    if not isinstance(allow, list) or not all(isinstance(g, str) and 0 < len(g) <= KEY_MAX and g.strip() == g and g for g in allow):
+    if not isinstance(allow, list) or not all(
+        isinstance(g, str) and 0 < len(g) <= KEY_MAX and re.fullmatch(r"[A-Z0-9_*?\[\]!]+", g) for g in allow
+    ):
         raise ValidationError("Allow must be a list of key patterns such as GITHUB_*")
     return sorted(set(allow)) or None
 

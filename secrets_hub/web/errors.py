@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, request
 from flask_wtf.csrf import CSRFError
-from sqlalchemy.exc import OperationalError, InterfaceError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from secrets_hub.errors import DatabaseUnavailableError, SecretsHubError
@@ -50,6 +50,11 @@ def init_app(app: Flask) -> None:
             return error
         status = error.code or 500
         return json_error(status, HTTP_MESSAGES.get(status, error.name))
+
+    @app.errorhandler(DataError)
+    def data_error(error: DataError):
+        # Input the database refused (a value out of range, a character it cannot store): the client's doing.
+        return json_error(400, HTTP_MESSAGES[400])
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
