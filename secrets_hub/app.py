@@ -65,5 +65,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     web.init_app(app)
     with app.app_context():
-        bootstrap.check_master_key(db.engine, keyring)
+        try:
+            bootstrap.check_master_key(db.engine, keyring)
+        except Exception:
+            db.engine.dispose()  # a refused start must not leave a connection open
+            raise
     return app

@@ -62,7 +62,19 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli(prog_name="secrets-hub")
+    """Entry point: like click's standalone mode, but a usage error is one line, as scripts expect."""
+    try:
+        status = cli.main(prog_name="secrets-hub", standalone_mode=False)
+    except click.UsageError as error:
+        click.echo(f"Error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 @cli.command()

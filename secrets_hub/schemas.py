@@ -50,14 +50,14 @@ class SecretCreateSchema(BodySchema):
     value = _required(fields.Raw, "Value is required", validate=_rule(validation.validate_value),
                       load_only=True, metadata={"type": "string", "minLength": 1})
     description = fields.Raw(allow_none=True, load_default=None, validate=_rule(validation.validate_description),
-                             metadata={"type": ["string", "null"], "maxLength": 1000})
+                             metadata={"type": "string", "maxLength": 1000})
 
 
 class SecretUpdateSchema(BodySchema):
     value = fields.Raw(validate=_rule(validation.validate_value), load_only=True,
                        error_messages={"null": "Value is required"}, metadata={"type": "string", "minLength": 1})
     description = fields.Raw(allow_none=True, validate=_rule(validation.validate_description),
-                             metadata={"type": ["string", "null"], "maxLength": 1000})
+                             metadata={"type": "string", "maxLength": 1000})
 
 
 class RestoreSchema(BodySchema):
@@ -71,9 +71,9 @@ class TokenCreateSchema(BodySchema):
     scopes = _required(fields.Raw, "Scopes are required", validate=_rule(validation.validate_scopes),
                        metadata={"type": "array", "items": {"type": "string", "enum": list(validation.SCOPES)}})
     allow = fields.Raw(allow_none=True, load_default=None, validate=_rule(validation.validate_allow),
-                       metadata={"type": ["array", "null"], "items": {"type": "string"}})
+                       metadata={"type": "array", "items": {"type": "string"}})
     expiresIn = fields.Raw(allow_none=True, load_default=None, validate=_rule(validation.parse_duration),
-                           metadata={"type": ["string", "null"], "example": "30d"})
+                           metadata={"type": "string", "example": "30d"})
 
 
 class SecretMetaSchema(Schema):

@@ -15,6 +15,7 @@ TOKEN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SCOPES = ("secrets:read", "secrets:write", "mcp", "admin")
 DURATION_PATTERN = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MAX_DURATION = timedelta(days=3650)
 
 KEY_FORMAT_MESSAGE = "Key must be SCREAMING_SNAKE_CASE (e.g., MY_API_KEY)"
 MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
@@ -32,9 +33,20 @@ def validate_key(key: Any) -> str:
     return key
 
 
+def _is_unicode(text: str) -> bool:
+    """False for strings holding lone surrogates (JSON can escape them; UTF-8 cannot encode them)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_value(value: Any) -> str:
     if not isinstance(value, str) or value == "":
         raise ValidationError("Value is required")
+    if not _is_unicode(value):
+        raise ValidationError("Value must be valid Unicode text")
     return value
 
 
@@ -53,6 +65,8 @@ def validate_description(description: Any) -> str | None:
         raise ValidationError("Description must be a string")
     if description is not None and len(description) > DESCRIPTION_MAX:
         raise ValidationError(f"Description must be {DESCRIPTION_MAX} characters or less")
+    if description is not None and not _is_unicode(description):
+        raise ValidationError("Description must be valid Unicode text")
     if description is not None and "\x00" in description:
         # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
         raise ValidationError("Description must not contain NUL characters")
@@ -107,4 +121,7 @@ def parse_duration(text: Any) -> timedelta | None:
     match = DURATION_PATTERN.fullmatch(text) if isinstance(text, str) else None
     if not match:
         raise ValidationError("Expiry must be a number with a unit s, m, h or d (e.g., 30d)")
-    return timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    duration = timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    if duration > MAX_DURATION:
+        raise ValidationError("Expiry must be at most 3650 days")
+    return duration

@@ -25,7 +25,11 @@ ETAG = {"ETag": {"description": "The version of the value, quoted", "schema": {"
 
 
 def _body(schema: Schema) -> dict[str, Any]:
-    return schemas.load(schema, request.get_json(force=True, silent=True))
+    try:
+        data = request.get_json(force=True, silent=True)
+    except RecursionError:  # absurdly nested JSON: refuse it like any other bad body
+        data = None
+    return schemas.load(schema, data)
 
 
 def _data(schema: Schema, payload: Any):

@@ -49,7 +49,12 @@ def init_app(app: Flask) -> None:
         if not wants_json():
             return error
         status = error.code or 500
-        return json_error(status, HTTP_MESSAGES.get(status, error.name))
+        response = json_error(status, HTTP_MESSAGES.get(status, error.name))
+        # Keep what HTTP requires alongside some errors, such as `Allow` on a 405.
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(DataError)
     def data_error(error: DataError):

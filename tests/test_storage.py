@@ -1,0 +1,562 @@
+"""Storage behaviour through public interfaces, on SQLite and PostgreSQL: tamper and row-swap detection,
+the key check, the master key file, migrations, foreign keys and `postgres://` URLs."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import stat
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, delete, func, inspect, select, text, update
+from sqlalchemy.engine import Engine
+
+from conftest import MASTER_KEY, SECRETS_HUB, bearer, cli_env, free_port
+from secrets_hub import bootstrap, service, users
+from secrets_hub.app import create_app
+from secrets_hub.auth import caller_for_user
+from secrets_hub.config import load_settings, normalize_database_url
+from secrets_hub.crypto import Keyring
+from secrets_hub.db import db, engine_options
+from secrets_hub.errors import ConfigError
+from secrets_hub.models import Secret, SecretVersion, User
+
+SEED_COLUMNS = {"id", "key", "encrypted_value", "iv", "description", "created_at", "updated_at", "created_by"}
+TABLES = {"secrets", "secret_versions", "users", "api_tokens", "audit_events", "secrets_hub_meta", "alembic_version"}
+
+
+def flip_hex(text_value: str, index: int) -> str:
+    digit = text_value[index]
+    return text_value[:index] + ("1" if digit == "0" else "0") + text_value[index + 1:]
+
+
+def integrity_error(key: str) -> dict[str, Any]:
+    return {"statusCode": 500, "message": f'Secret "{key}" failed its integrity check'}
+
+
+def create(client, token: str, key: str, value: str, description: str | None = None) -> dict[str, Any]:
+    body = {"key": key, "value": value}
+    if description is not None:
+        body["description"] = description
+    response = client.post("/api/secrets", json=body, headers=bearer(token))
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["data"]
+
+
+def secret_row(app, key: str) -> Any:
+    with app.app_context():
+        return db.session.execute(select(Secret.__table__).where(Secret.key == key)).mappings().one()
+
+
+def edit_secret_row(app, key: str, **values: Any) -> None:
+    with app.app_context():
+        result = db.session.execute(update(Secret).where(Secret.key == key).values(**values))
+        assert result.rowcount == 1
+        db.session.commit()
+
+
+def audit_events(client, token: str, key: str) -> list[dict[str, Any]]:
+    response = client.get(f"/api/audit?key={key}", headers=bearer(token))
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["data"]
+
+
+def _engines() -> dict[int, Engine]:
+    return {id(obj): obj for obj in gc.get_objects() if isinstance(obj, Engine)}
+
+
+def refused_start(overrides: dict[str, Any]) -> str:
+    """create_app(overrides) must raise ConfigError; its message.
+
+    The half-built app's engine outlives it (held by event listeners), so close its pool here: an open
+    psycopg connection left for the garbage collector fails the run under `filterwarnings = error`.
+    """
+    before = _engines()
+    message = None
+    try:
+        create_app(overrides)
+    except ConfigError as error:
+        message = str(error)
+    finally:
+        for engine_id, engine in _engines().items():
+            if engine_id not in before:
+                engine.dispose()
+    assert message is not None, "create_app accepted a master key that does not open the database"
+    return message
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# ---- tamper and row-swap detection -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("part", ["ciphertext", "tag", "iv", "key_id"])
+def test_tampered_row_fails_its_integrity_check_and_listing_still_works(app, client, admin_token, part):
+    create(client, admin_token, "TAMPER_ME", "original-value", "to be tampered with")
+    create(client, admin_token, "UNTOUCHED", "still-fine")
+    row = secret_row(app, "TAMPER_ME")
+    ciphertext, tag = row["encrypted_value"].split(":")
+    changes = {
+        "ciphertext": {"encrypted_value": f"{flip_hex(ciphertext, 0)}:{tag}"},
+        "tag": {"encrypted_value": f"{ciphertext}:{flip_hex(tag, len(tag) - 1)}"},
+        "iv": {"iv": flip_hex(row["iv"], 2)},
+        "key_id": {"key_id": "0000000000000000"},
+    }[part]
+    edit_secret_row(app, "TAMPER_ME", **changes)
+
+    read = client.get("/api/secrets/TAMPER_ME", headers=bearer(admin_token))
+    assert read.status_code == 500
+    assert read.get_json() == integrity_error("TAMPER_ME")
+    assert "original-value" not in read.get_data(as_text=True)
+
+    listing = client.get("/api/secrets", headers=bearer(admin_token))
+    assert listing.status_code == 200
+    listed = {item["key"]: item for item in listing.get_json()["data"]}
+    assert sorted(listed) == ["TAMPER_ME", "UNTOUCHED"]
+    assert listed["TAMPER_ME"]["description"] == "to be tampered with"
+
+    # Only that one read fails.
+    other = client.get("/api/secrets/UNTOUCHED", headers=bearer(admin_token))
+    assert other.status_code == 200
+    assert other.get_json() == {"data": {"key": "UNTOUCHED", "value": "still-fine"}}
+
+    events = audit_events(client, admin_token, "TAMPER_ME")
+    failed = [e for e in events if e["outcome"] == "integrity_failed"]
+    assert len(failed) == 1
+    assert failed[0]["action"] == "read"
+    assert failed[0]["channel"] == "rest"
+    assert failed[0]["actor"] == "admin"
+    assert failed[0]["key"] == "TAMPER_ME"
+
+
+def test_tampered_row_through_the_cli_is_one_line(app, client, admin_token, run_cli):
+    create(client, admin_token, "TAMPER_CLI", "original-value")
+    row = secret_row(app, "TAMPER_CLI")
+    edit_secret_row(app, "TAMPER_CLI", encrypted_value=flip_hex(row["encrypted_value"], 1))
+    result = run_cli("get", "TAMPER_CLI")
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert one_line(result.stderr) == 'Error: Secret "TAMPER_CLI" failed its integrity check'
+    listed = run_cli("list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == ["TAMPER_CLI\t"]
+
+
+def test_row_swap_fails_the_integrity_check(app, client, admin_token):
+    create(client, admin_token, "SECRET_A", "value-of-a")
+    create(client, admin_token, "SECRET_B", "value-of-b")
+    b = secret_row(app, "SECRET_B")
+    edit_secret_row(app, "SECRET_A", encrypted_value=b["encrypted_value"], iv=b["iv"], key_id=b["key_id"])
+
+    swapped = client.get("/api/secrets/SECRET_A", headers=bearer(admin_token))
+    assert swapped.status_code == 500
+    assert swapped.get_json() == integrity_error("SECRET_A")
+    assert "value-of-b" not in swapped.get_data(as_text=True)
+
+    intact = client.get("/api/secrets/SECRET_B", headers=bearer(admin_token))
+    assert intact.status_code == 200
+    assert intact.get_json() == {"data": {"key": "SECRET_B", "value": "value-of-b"}}
+
+    assert [e["outcome"] for e in audit_events(client, admin_token, "SECRET_A") if e["action"] == "read"] == \
+        ["integrity_failed"]
+
+
+def test_tampered_version_row_fails_only_that_version(app, client, admin_token):
+    created = create(client, admin_token, "VERSIONED", "first-value")
+    updated = client.put("/api/secrets/VERSIONED", json={"value": "second-value"}, headers=bearer(admin_token))
+    assert updated.status_code == 200
+    with app.app_context():
+        row = db.session.execute(select(SecretVersion.__table__).where(
+            SecretVersion.secret_id == created["id"], SecretVersion.version == 1)).mappings().one()
+        result = db.session.execute(update(SecretVersion).where(SecretVersion.id == row["id"]).values(
+            encrypted_value=flip_hex(row["encrypted_value"], 0)))
+        assert result.rowcount == 1
+        db.session.commit()
+
+    old = client.get("/api/secrets/VERSIONED?version=1", headers=bearer(admin_token))
+    assert old.status_code == 500
+    assert old.get_json() == integrity_error("VERSIONED")
+
+    v2 = client.get("/api/secrets/VERSIONED?version=2", headers=bearer(admin_token))
+    assert v2.status_code == 200
+    assert v2.get_json() == {"data": {"key": "VERSIONED", "value": "second-value"}}
+    current = client.get("/api/secrets/VERSIONED", headers=bearer(admin_token))
+    assert current.status_code == 200
+    assert current.get_json() == {"data": {"key": "VERSIONED", "value": "second-value"}}
+
+    # Restoring the damaged version fails the same way and changes nothing.
+    restore = client.post("/api/secrets/VERSIONED/restore", json={"version": 1}, headers=bearer(admin_token))
+    assert restore.status_code == 500
+    assert restore.get_json() == integrity_error("VERSIONED")
+    versions = client.get("/api/secrets/VERSIONED/versions", headers=bearer(admin_token)).get_json()["data"]
+    assert [(v["version"], v["current"]) for v in versions] == [(2, True), (1, False)]
+    assert client.get("/api/secrets/VERSIONED", headers=bearer(admin_token)).get_json()["data"]["value"] == \
+        "second-value"
+
+
+# ---- a wrong master key refuses to start -----------------------------------------------------------
+
+
+def test_create_app_with_wrong_master_key_raises_config_error(config):
+    bootstrap.initialize(config)
+    message = refused_start({**config, "SECRETS_HUB_MASTER_KEY": "another"})
+    assert "\n" not in message
+    assert "master key" in message.lower()
+    assert "another" not in message
+    assert MASTER_KEY not in message
+    # The refusal changed nothing: the right key still opens the database.
+    app = create_app(config)
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_initialize_with_wrong_master_key_raises_config_error(config):
+    bootstrap.initialize(config)
+    with pytest.raises(ConfigError) as raised:
+        bootstrap.initialize({**config, "SECRETS_HUB_MASTER_KEY": "another"})
+    assert "\n" not in str(raised.value)
+    assert "master key" in str(raised.value).lower()
+
+
+@pytest.mark.parametrize("args", [("list",), ("get", "EXISTING"), ("init",), ("token", "list")])
+def test_cli_with_wrong_master_key_exits_with_one_line(config, run_cli, args):
+    bootstrap.initialize(config)
+    stored = run_cli("set", "EXISTING", input="stored-value\n")
+    assert stored.returncode == 0, stored.stderr
+
+    result = run_cli(*args, env={"SECRETS_HUB_MASTER_KEY": "another"})
+    assert result.returncode != 0
+    assert result.stdout == ""
+    line = one_line(result.stderr)
+    assert "master key" in line.lower()
+    assert "another" not in result.stderr
+
+
+def test_serve_with_wrong_master_key_exits_with_one_line(config, tmp_path):
+    bootstrap.initialize(config)
+    env = {**cli_env(config), "SECRETS_HUB_MASTER_KEY": "another"}
+    process = subprocess.Popen([*SECRETS_HUB, "serve", "--port", str(free_port())], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("secrets-hub serve kept running with a wrong master key")
+    assert process.returncode != 0
+    assert stdout == ""
+    line = one_line(stderr)
+    assert "master key" in line.lower()
+
+
+# ---- the master key file and BETTER_AUTH_SECRET ----------------------------------------------------
+
+
+@pytest.fixture
+def keyless_config(config, monkeypatch, tmp_path) -> dict[str, Any]:
+    """The test settings without any master secret, in the environment or in a stray .env file."""
+    for name in ("SECRETS_HUB_MASTER_KEY", "BETTER_AUTH_SECRET", "SECRETS_HUB_OLD_MASTER_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return {k: v for k, v in config.items() if k != "SECRETS_HUB_MASTER_KEY"}
+
+
+def test_master_key_file_is_generated_0600_and_reused(keyless_config, capsys):
+    key_file = Path(keyless_config["SECRETS_HUB_INSTANCE_PATH"]) / "master.key"
+    assert not key_file.exists()
+
+    settings = bootstrap.initialize(keyless_config)
+    assert key_file.is_file()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    generated = key_file.read_text().strip()
+    assert len(generated) >= 32
+    assert settings.master_key == generated
+    assert settings.master_key_source == str(key_file)
+    first_run = capsys.readouterr()
+    assert str(key_file) in first_run.err
+    assert "back up" in first_run.err.lower()
+    assert generated not in first_run.err + first_run.out
+
+    again = bootstrap.initialize(keyless_config)
+    assert again.master_key == generated
+    assert key_file.read_text().strip() == generated
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert "back up" not in capsys.readouterr().err.lower()
+
+    app = create_app(keyless_config)
+    try:
+        with app.app_context():
+            assert app.extensions["secrets_hub"].keyring.key_id == Keyring.from_master(generated).key_id
+            rows = db.session.execute(text("SELECT value FROM secrets_hub_meta")).scalars().all()
+            assert all(generated not in value for value in rows)
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+
+def test_better_auth_secret_is_accepted_as_master_secret(keyless_config, monkeypatch):
+    monkeypatch.setenv("BETTER_AUTH_SECRET", "seed-better-auth-secret")
+    key_file = Path(keyless_config["SECRETS_HUB_INSTANCE_PATH"]) / "master.key"
+
+    settings = bootstrap.initialize(keyless_config)
+    assert settings.master_key == "seed-better-auth-secret"
+    assert settings.master_key_source == "BETTER_AUTH_SECRET"
+    assert not key_file.exists()
+
+    app = create_app(keyless_config)
+    try:
+        assert app.extensions["secrets_hub"].keyring.key_id == Keyring.from_master("seed-better-auth-secret").key_id
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+    # The same secret given as SECRETS_HUB_MASTER_KEY opens the same database...
+    same = create_app({**keyless_config, "SECRETS_HUB_MASTER_KEY": "seed-better-auth-secret"})
+    with same.app_context():
+        db.engine.dispose()
+    # ...and SECRETS_HUB_MASTER_KEY takes precedence over BETTER_AUTH_SECRET.
+    assert "master key" in refused_start({**keyless_config, "SECRETS_HUB_MASTER_KEY": "something-else"}).lower()
+
+
+# ---- migrations and the schema ---------------------------------------------------------------------
+
+
+def _engine(config: dict[str, Any]):
+    url = load_settings(config).database_url
+    return create_engine(url, **engine_options(url))
+
+
+@pytest.fixture
+def empty_database(config: dict[str, Any]) -> dict[str, Any]:
+    """The configured database with no schema at all, so migrations start from nothing on both backends."""
+    if config["DATABASE_URL"].startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(config["DATABASE_URL"], autocommit=True) as connection:
+            connection.execute("DROP SCHEMA public CASCADE")
+            connection.execute("CREATE SCHEMA public")
+    engine = _engine(config)
+    try:
+        with engine.connect() as connection:
+            assert inspect(connection).get_table_names() == []
+    finally:
+        engine.dispose()
+    return config
+
+
+def test_initialize_creates_every_table_at_the_head_revision(empty_database):
+    config = empty_database
+    from alembic.script import ScriptDirectory
+
+    from secrets_hub.bootstrap import alembic_config
+
+    bootstrap.initialize(config)
+    engine = _engine(config)
+    try:
+        with engine.connect() as connection:
+            tables = set(inspect(connection).get_table_names())
+            assert tables >= TABLES
+            head = ScriptDirectory.from_config(alembic_config(connection)).get_current_head()
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
+            assert connection.execute(
+                text("SELECT count(*) FROM secrets_hub_meta WHERE name = 'key_check'")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_initialize_twice_is_safe_and_keeps_data(empty_database, run_cli):
+    config = empty_database
+    bootstrap.initialize(config)
+    assert run_cli("set", "KEPT", input="kept-value\n").returncode == 0
+    engine = _engine(config)
+    try:
+        with engine.connect() as connection:
+            check_before = connection.execute(
+                text("SELECT value FROM secrets_hub_meta WHERE name = 'key_check'")).scalar_one()
+        bootstrap.initialize(config)
+        bootstrap.initialize(config)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+            assert connection.execute(
+                text("SELECT value FROM secrets_hub_meta WHERE name = 'key_check'")).scalar_one() == check_before
+    finally:
+        engine.dispose()
+    again = run_cli("init")
+    assert again.returncode == 0, again.stderr
+    got = run_cli("get", "KEPT")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == "kept-value\n"
+
+
+def test_secrets_table_has_the_seed_columns_plus_version_and_key_id(app):
+    with app.app_context():
+        inspector = inspect(db.engine)
+        columns = {column["name"] for column in inspector.get_columns("secrets")}
+        assert columns >= SEED_COLUMNS | {"current_version", "key_id"}
+        version_columns = {column["name"] for column in inspector.get_columns("secret_versions")}
+        assert version_columns >= {"secret_id", "version", "encrypted_value", "iv", "key_id"}
+        foreign = {fk["referred_table"]: fk for fk in inspector.get_foreign_keys("secrets")}
+        assert foreign["users"]["constrained_columns"] == ["created_by"]
+        assert foreign["users"]["options"].get("ondelete", "").upper() == "SET NULL"
+
+
+def test_every_row_records_the_key_id_of_the_keyring(app, client, admin_token):
+    create(client, admin_token, "ROW_ONE", "one")
+    create(client, admin_token, "ROW_TWO", "two")
+    assert client.put("/api/secrets/ROW_TWO", json={"value": "two-b"}, headers=bearer(admin_token)).status_code == 200
+    expected = Keyring.from_master(MASTER_KEY).key_id
+    with app.app_context():
+        assert app.extensions["secrets_hub"].keyring.key_id == expected
+        secret_ids = db.session.execute(select(Secret.key, Secret.key_id)).all()
+        version_ids = db.session.execute(select(SecretVersion.version, SecretVersion.key_id)).all()
+    assert sorted(secret_ids) == [("ROW_ONE", expected), ("ROW_TWO", expected)]
+    assert len(version_ids) == 3
+    assert {key_id for _, key_id in version_ids} == {expected}
+
+
+def test_no_value_master_key_or_token_is_stored_in_plaintext(app, client, admin_token, config, tmp_path):
+    canary = f"canary-{uuid.uuid4().hex}"
+    canary_two = f"canary-{uuid.uuid4().hex}"
+    create(client, admin_token, "CANARY_KEY", canary, "plain description")
+    assert client.put("/api/secrets/CANARY_KEY", json={"value": canary_two},
+                      headers=bearer(admin_token)).status_code == 200
+    assert client.get("/api/secrets/CANARY_KEY", headers=bearer(admin_token)).get_json()["data"]["value"] == canary_two
+    forbidden = [canary, canary_two, MASTER_KEY, admin_token]
+
+    with app.app_context():
+        inspector = inspect(db.engine)
+        scanned = 0
+        for table in inspector.get_table_names():
+            for row in db.session.execute(text(f'SELECT * FROM "{table}"')).all():
+                for cell in row:
+                    if cell is None:
+                        continue
+                    scanned += 1
+                    cell_text = cell.hex() if isinstance(cell, (bytes, bytearray, memoryview)) else str(cell)
+                    for needle in forbidden:
+                        assert needle not in cell_text, f"found a plaintext secret in table {table}"
+        assert scanned > 20  # the scan saw the rows: secrets, versions, tokens, audit events, meta
+        assert db.session.execute(select(func.count()).select_from(SecretVersion)).scalar() == 2
+        db.session.remove()
+        db.engine.dispose()
+
+    if config["DATABASE_URL"].startswith("sqlite:///"):
+        db_file = Path(config["DATABASE_URL"][len("sqlite:///"):])
+        for path in [db_file, Path(f"{db_file}-wal")]:
+            if path.exists():
+                raw = path.read_bytes()
+                for needle in forbidden:
+                    assert needle.encode() not in raw, f"found a plaintext secret in {path.name}"
+
+
+# ---- foreign keys ----------------------------------------------------------------------------------
+
+
+def test_deleting_a_user_sets_created_by_to_null(app, client, admin_token):
+    with app.app_context():
+        user = users.create_user(None, "owner@example.com", "correct horse battery staple")
+        service.create_secret(caller_for_user(user, "ui", None), "OWNED_SECRET", "owned-value", "made by a person")
+        assert db.session.execute(select(Secret.created_by).where(Secret.key == "OWNED_SECRET")).scalar_one() == \
+            user.id
+        assert db.session.execute(delete(User).where(User.id == user.id)).rowcount == 1
+        db.session.commit()
+    with app.app_context():
+        row = db.session.execute(select(Secret.created_by, Secret.description)
+                                 .where(Secret.key == "OWNED_SECRET")).one()
+        assert row.created_by is None
+        assert row.description == "made by a person"
+    read = client.get("/api/secrets/OWNED_SECRET", headers=bearer(admin_token))
+    assert read.get_json() == {"data": {"key": "OWNED_SECRET", "value": "owned-value"}}
+
+
+def test_deleting_a_secret_removes_its_versions(app, client, admin_token):
+    doomed = create(client, admin_token, "DOOMED", "v1")
+    kept = create(client, admin_token, "KEPT_ALIVE", "k1")
+    for value in ("v2", "v3"):
+        assert client.put("/api/secrets/DOOMED", json={"value": value}, headers=bearer(admin_token)).status_code == 200
+    assert client.put("/api/secrets/KEPT_ALIVE", json={"value": "k2"}, headers=bearer(admin_token)).status_code == 200
+
+    def count_versions(secret_id: str) -> int:
+        with app.app_context():
+            return db.session.execute(select(func.count()).select_from(SecretVersion)
+                                      .where(SecretVersion.secret_id == secret_id)).scalar()
+
+    assert count_versions(doomed["id"]) == 3
+    deleted = client.delete("/api/secrets/DOOMED", headers=bearer(admin_token))
+    assert deleted.status_code == 200
+    assert deleted.get_json() == {"data": {"deleted": True}}
+    assert count_versions(doomed["id"]) == 0
+    assert count_versions(kept["id"]) == 2
+
+    # A new secret under the same key starts again at version 1, with no trace of the old ones.
+    create(client, admin_token, "DOOMED", "reborn")
+    versions = client.get("/api/secrets/DOOMED/versions", headers=bearer(admin_token)).get_json()["data"]
+    assert [v["version"] for v in versions] == [1]
+    old = client.get("/api/secrets/DOOMED?version=2", headers=bearer(admin_token))
+    assert old.status_code == 404
+    assert old.get_json() == {"statusCode": 404, "message": 'Secret "DOOMED" has no version 2'}
+
+
+# ---- postgres:// URLs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("postgres://u:p@db.example:5432/hub", "postgresql+psycopg://u:p@db.example:5432/hub"),
+    ("postgresql://u:p@db.example:5432/hub", "postgresql+psycopg://u:p@db.example:5432/hub"),
+    ("postgresql+psycopg://u@h/hub", "postgresql+psycopg://u@h/hub"),
+    ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
+])
+def test_normalize_database_url(given, expected):
+    assert normalize_database_url(given) == expected
+
+
+def test_settings_normalize_a_postgres_url(tmp_path):
+    settings = load_settings({"DATABASE_URL": "postgres://u@h:5432/hub", "SECRETS_HUB_MASTER_KEY": "k",
+                              "SECRETS_HUB_INSTANCE_PATH": str(tmp_path / "instance")})
+    assert settings.database_url == "postgresql+psycopg://u@h:5432/hub"
+    assert settings.backend == "postgresql"
+
+
+def test_postgres_scheme_works_end_to_end(backend, config, run_cli):
+    if backend != "postgresql":
+        pytest.skip("the postgres:// form only concerns PostgreSQL")
+    assert config["DATABASE_URL"].startswith("postgresql://")
+    short_form = "postgres://" + config["DATABASE_URL"][len("postgresql://"):]
+    settings = {**config, "DATABASE_URL": short_form}
+
+    bootstrap.initialize(settings)
+    app = create_app(settings)
+    try:
+        assert app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg://")
+        with app.app_context():
+            assert db.engine.dialect.name == "postgresql"
+            assert db.engine.dialect.driver == "psycopg"
+            from secrets_hub import tokens
+            from secrets_hub.auth import operator
+
+            token = tokens.create_token(operator("tests"), "pg-short", ["secrets:read", "secrets:write"], None,
+                                        None)["token"]
+        client = app.test_client()
+        created = client.post("/api/secrets", json={"key": "PG_SHORT", "value": "via-postgres-scheme"},
+                              headers=bearer(token))
+        assert created.status_code == 200, created.get_json()
+        read = client.get("/api/secrets/PG_SHORT", headers=bearer(token))
+        assert read.get_json() == {"data": {"key": "PG_SHORT", "value": "via-postgres-scheme"}}
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+    got = run_cli("get", "PG_SHORT", env={"DATABASE_URL": short_form})
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == "via-postgres-scheme\n"
