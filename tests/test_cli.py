@@ -2,7 +2,9 @@
 
 Every command runs as `python -m secrets_hub ...` with the test settings in its environment
 (conftest's `run_cli`); results are checked through the CLI itself, the Flask test client, or the
-REST API of a real `secrets-hub serve`. Each test runs on SQLite and on PostgreSQL.
+REST API of a real `secrets-hub serve`. The command line's own behaviour is tested on SQLite (each
+subprocess costs about a second); the tests marked `both_backends` also run on PostgreSQL, where
+the storage underneath them differs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from conftest import SECRETS_HUB, bearer, cli_env, free_port
+from conftest import BACKENDS, SECRETS_HUB, bearer, cli_env, free_port
 from secrets_hub import bootstrap
 
 TOKEN_PATTERN = r"shub_[A-Za-z0-9_-]{43,}"  # `shub_` and at least 32 random bytes, base64url
@@ -31,6 +33,14 @@ SECRET_FIELDS = {"id", "key", "description", "createdAt", "updatedAt"}
 TOKEN_FIELDS = {"name", "scopes", "allow", "createdAt", "lastUsedAt", "expiresAt"}
 AUDIT_FIELDS = {"id", "at", "actor", "channel", "action", "key", "outcome", "remoteAddr"}
 OPERATOR = getpass.getuser()  # the CLI records the OS user as the actor
+
+
+both_backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request) -> str:
+    return request.param
 
 
 # --------------------------------------------------------------------------- helpers
@@ -136,6 +146,7 @@ def cli(run_cli, config):
 # --------------------------------------------------------------------------- init
 
 
+@both_backends
 def test_init_generates_a_master_key_file_when_none_is_configured(run_cli, config, backend):
     instance = Path(config["SECRETS_HUB_INSTANCE_PATH"]).resolve()
     key_file = instance / "master.key"
@@ -323,6 +334,7 @@ def test_token_list_shows_names_and_scopes_never_the_tokens(cli):
             assert token.removeprefix("shub_") not in output
 
 
+@both_backends
 def test_token_revoke_makes_the_token_fail_with_401(cli, live_server, client):
     token = create_token(cli, "short-lived", "--scope", "secrets:read")
     keeper = create_token(cli, "keeper", "--scope", "secrets:read")
@@ -360,6 +372,7 @@ def test_set_strips_exactly_one_trailing_newline(cli, client, admin_token, stdin
     assert get(cli, "MY_VALUE") == stored + "\n"
 
 
+@both_backends
 def test_set_creates_then_updates_with_a_new_version(cli, client, admin_token):
     created = put(cli, "API_KEY", "first-value-1a2b\n", "--description", "Payment API")
     updated = put(cli, "API_KEY", "second-value-3c4d\n")
@@ -520,6 +533,7 @@ def test_history_keeps_only_the_configured_number_of_versions(cli):
 # --------------------------------------------------------------------------- audit
 
 
+@both_backends
 def test_audit_shows_cli_events_filtered_by_key_and_limit(cli):
     put(cli, "AUDITED", "audit-value-v1")
     put(cli, "AUDITED", "audit-value-v2")
@@ -606,6 +620,7 @@ def test_a_bad_argument_is_one_line(cli, args):
 # --------------------------------------------------------------------------- serve and interop
 
 
+@both_backends
 def test_serve_with_two_workers_answers_and_shares_the_store(run_cli, config, tmp_path):
     """`serve` initialises the store itself, then serves it from two worker processes."""
     port = free_port()
@@ -653,6 +668,7 @@ def test_serve_with_two_workers_answers_and_shares_the_store(run_cli, config, tm
                 process.wait(timeout=10)
 
 
+@both_backends
 def test_secrets_made_over_rest_are_read_by_the_cli_and_both_channels_are_audited(cli, client, admin_token):
     created = client.post("/api/secrets", json={"key": "SHARED_KEY", "value": "from rest", "description": "shared"},
                           headers=bearer(admin_token))
