@@ -24,7 +24,7 @@ def record(caller: "Caller", action: str, key: str | None, outcome: str) -> None
         insert(AuditEvent),
         {
             "at": utcnow(),
-            "actor": caller.actor,
+            "actor": _printable(caller.actor),
             "channel": caller.channel,
             "action": action,
             "key": _printable(key),
@@ -46,9 +46,12 @@ def record_now(caller: "Caller", action: str, key: str | None, outcome: str) -> 
     db.session.commit()
 
 
-def list_events(key: str | None = None, actor: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest events first, optionally for one key or one actor."""
+def list_events(key: str | None = None, actor: str | None = None, limit: int = 100,
+                before: int | None = None) -> list[dict[str, Any]]:
+    """The newest events first, optionally for one key or one actor; `before` (an event id) pages back."""
     query = select(AuditEvent.__table__).order_by(AuditEvent.id.desc()).limit(min(limit, MAX_LIMIT))
+    if before is not None:
+        query = query.where(AuditEvent.id < before)
     if key:
         query = query.where(AuditEvent.key == _printable(key))
     if actor:

@@ -66,6 +66,15 @@ def check_master_key(engine: Engine, keyring: Keyring) -> None:
         ) from None
 
 
+def key_check_passes(engine: Engine, keyring: Keyring) -> bool:
+    """Whether the database answers and the configured master key opens it (health checks, the App tab)."""
+    try:
+        check_master_key(engine, keyring)
+    except Exception:  # noqa: BLE001 - any failure, database or key, means "no"
+        return False
+    return True
+
+
 def initialize(overrides=None):
     """`secrets-hub init`: instance folder, master key file if none is configured, schema, key check.
 

@@ -211,7 +211,7 @@ def restore_version(caller: Caller, key: str, version: int) -> dict[str, Any]:
 
 
 def read_audit_log(caller: Caller, key: str | None = None, actor: str | None = None,
-                   limit: int = 100) -> list[dict[str, Any]]:
-    """The newest audit events, optionally for one key or actor (admin only)."""
+                   limit: int = 100, before: int | None = None) -> list[dict[str, Any]]:
+    """The newest audit events, optionally for one key or actor, older than event `before` (admin only)."""
     authorize(caller, ADMIN, "audit.read")
-    return audit.list_events(key=key, actor=actor, limit=limit)
+    return audit.list_events(key=key, actor=actor, limit=limit, before=before)

@@ -63,8 +63,9 @@ def count_users() -> int:
     return db.session.execute(select(func.count()).select_from(User)).scalar_one()
 
 
-def create_user(caller: Caller | None, email: Any, password: Any, is_admin: bool = False) -> SessionUser:
-    """Create an account; `caller` is None only for the first-run admin, created before anyone can sign in."""
+def create_user(caller: Caller | None, email: Any, password: Any, is_admin: bool = False,
+                remote_addr: str | None = None) -> SessionUser:
+    """Create an account; `caller` is None only for the first-run admin, who creates themself in the UI."""
     if caller is not None:
         authorize(caller, ADMIN, "user.create")
     email, password = validate_credentials(email, password)
@@ -72,8 +73,7 @@ def create_user(caller: Caller | None, email: Any, password: Any, is_admin: bool
            "is_admin": is_admin, "created_at": utcnow()}
     try:
         db.session.execute(insert(User), row)
-        if caller is not None:
-            audit.record(caller, "user.create", email, "ok")
+        audit.record(caller or Caller(email, "ui", frozenset(), remote_addr=remote_addr), "user.create", email, "ok")
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
@@ -81,15 +81,30 @@ def create_user(caller: Caller | None, email: Any, password: Any, is_admin: bool
     return SessionUser(id=row["id"], email=email, is_admin=is_admin, password_hash=row["password_hash"])
 
 
-def check_password(email: str, password: str) -> SessionUser | None:
-    """The user whose email and password these are, or None."""
+def change_password(caller: Caller, current_password: Any, new_password: Any) -> SessionUser:
+    """Change the signed-in user's password; every other session of theirs ends with it."""
+    row = db.session.get(User, caller.user_id)
+    if row is None or not isinstance(current_password, str) or not check_password_hash(row.password_hash, current_password):
+        audit.record_now(caller, "user.password", caller.actor, "denied")
+        raise ValidationError("Current password is incorrect")
+    _, new_password = validate_credentials(row.email, new_password)
+    row.password_hash = generate_password_hash(new_password)
+    audit.record(caller, "user.password", caller.actor, "ok")
+    db.session.commit()
+    return _from_row(row)
+
+
+def sign_in(email: str, password: str, remote_addr: str | None) -> SessionUser | None:
+    """The user whose email and password these are, or None; both outcomes are audited."""
     row = None
     if EMAIL_PATTERN.fullmatch(email.strip()):
         row = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar()
     if row is None:
         check_password_hash(_dummy_hash(), password)
-        return None
-    return _from_row(row) if check_password_hash(row.password_hash, password) else None
+    user = _from_row(row) if row is not None and check_password_hash(row.password_hash, password) else None
+    attempt = Caller(email.strip().lower() or "anonymous", "ui", frozenset(), remote_addr=remote_addr)
+    audit.record_now(attempt, "login", None, "ok" if user else "denied")
+    return user
 
 
 def load_session_user(session_id: str) -> SessionUser | None:

@@ -20,6 +20,8 @@ def _load_user(session_id: str):
 def init_app(app: Flask) -> None:
     from secrets_hub.web import api, errors, pages
 
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.extensions["secrets_hub"].settings.ratelimit_storage)
+    pages.limiter.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "pages.login"
     csrf.init_app(app)
