@@ -460,14 +460,16 @@ def test_reveal_shows_one_value_until_reload_and_is_audited(signed_in, live_serv
 
     form = page.locator("form").filter(has=page.get_by_role("button", name="Apply", exact=True))
     form.locator("[name=key]").fill("REVEAL_ME")
-    form.get_by_role("button", name="Apply", exact=True).click()
+    with page.expect_response(lambda r: r.request.method == "GET" and "REVEAL_ME" in r.url):
+        form.get_by_role("button", name="Apply", exact=True).click()
     expect(reveal_event.first).to_be_visible()
     expect(events.filter(has_text="OTHER_KEY")).to_have_count(0)
 
     form = page.locator("form").filter(has=page.get_by_role("button", name="Apply", exact=True))
     form.locator("[name=key]").fill("")
     form.locator("[name=actor]").fill("test-admin")  # the token that created both secrets
-    form.get_by_role("button", name="Apply", exact=True).click()
+    with page.expect_response(lambda r: r.request.method == "GET" and "test-admin" in r.url):
+        form.get_by_role("button", name="Apply", exact=True).click()
     expect(events.filter(has_text="OTHER_KEY").first).to_be_visible()
     expect(reveal_event).to_have_count(0)
 
