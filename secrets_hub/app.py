@@ -13,6 +13,8 @@ from secrets_hub.config import load_settings
 from secrets_hub.crypto import SESSION_LABEL, Keyring, derive_key
 from secrets_hub.db import db, engine_options
 from secrets_hub.errors import ConfigError
+from secrets_hub.hub import Hub
+from secrets_hub.plugins import load_plugins
 from secrets_hub.runtime import Runtime
 
 PACKAGE_DIR = Path(__file__).parent
@@ -58,7 +60,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.config.update({k: v for k, v in (config or {}).items() if k.isupper() and k in {"TESTING"}})
     app.session_interface = SessionInterface()
-    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring)
+    plugins = load_plugins(settings.plugins_dir, settings.load_entrypoints)
+    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=plugins)
     db.init_app(app)
 
     from secrets_hub import web
@@ -70,4 +73,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         except Exception:
             db.engine.dispose()  # a refused start must not leave a connection open
             raise
+    hub = app.extensions["secrets_hub.hub"] = Hub(app)
+    plugins.startup(hub)
     return app

@@ -267,3 +267,28 @@ def audit_log(key: str | None, limit: int, as_json: bool) -> None:
     for row in rows:
         click.echo("\t".join([row["at"].isoformat(), row["actor"], row["channel"], row["action"],
                               row["key"] or "-", row["outcome"], row["remote_addr"] or "-"]))
+
+
+@cli.command("skills")
+@click.option("--json", "as_json", is_flag=True)
+def skills(as_json: bool) -> None:
+    """List skill plugins, the keys each requires, and which are missing."""
+    from secrets_hub import schemas, service
+
+    with _session() as caller:
+        report = service.skills_report(caller)
+    if as_json:
+        return _json(schemas.skills_schema, report)
+    if not report:
+        _note("No skill plugins are installed.")
+    for skill in report:
+        if skill["error"]:
+            click.echo(f"{skill['name']}: BROKEN, skipped: {skill['error']}")
+            continue
+        missing = [r["key"] for r in skill["requires"] if r["required"] and not r["set"]]
+        click.echo(f"{skill['name']}: {'missing ' + ', '.join(missing) if missing else 'ready'}")
+        for requirement in skill["requires"]:
+            state = "set" if requirement["set"] else "missing"
+            kind = "required" if requirement["required"] else "optional"
+            where = f"  (get it at {requirement['obtain_url']})" if requirement["obtain_url"] and not requirement["set"] else ""
+            click.echo(f"  {requirement['key']}\t{kind}\t{state}\t{requirement['description']}{where}")

@@ -29,6 +29,7 @@ class Settings:
     max_value_bytes: int
     keep_versions: int
     ratelimit_storage: str
+    load_entrypoints: bool = True
 
     @property
     def master_key_file(self) -> Path:
@@ -97,6 +98,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         max_value_bytes=_positive_int(env, "SECRETS_HUB_MAX_VALUE_BYTES", DEFAULT_MAX_VALUE_BYTES),
         keep_versions=_positive_int(env, "SECRETS_HUB_KEEP_VERSIONS", DEFAULT_KEEP_VERSIONS),
         ratelimit_storage=env.get("SECRETS_HUB_RATELIMIT_STORAGE") or "memory://",
+        # Tests turn this off so that plugins installed in the environment cannot leak into them.
+        load_entrypoints=str(env.get("SECRETS_HUB_LOAD_ENTRYPOINTS", "1")).lower() not in ("0", "false", "no"),
     )
 
 

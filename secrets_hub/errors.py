@@ -59,3 +59,13 @@ class DatabaseUnavailableError(SecretsHubError):
 
 class DecryptionError(Exception):
     """Raised by `crypto` alone; the service turns it into an IntegrityCheckError naming the secret."""
+
+
+class UnresolvedReferencesError(SecretsHubError):
+    """`{{ secrets.KEY }}` references that could not be resolved; names every one of them."""
+
+    status = 400
+
+    def __init__(self, problems: list[str]):
+        super().__init__("Unresolved secret references: " + ", ".join(problems))
+        self.problems = problems

@@ -8,12 +8,14 @@ from flask import current_app
 
 from secrets_hub.config import Settings
 from secrets_hub.crypto import Keyring
+from secrets_hub.plugins import Plugins
 
 
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
     keyring: Keyring
+    plugins: Plugins
     # token hash -> (monotonic expiry, record or None); see auth.TOKEN_CACHE_SECONDS
     token_cache: dict = field(default_factory=dict)
 

@@ -148,6 +148,20 @@ class RevokedSchema(Schema):
     revoked = fields.Boolean()
 
 
+class RequirementSchema(Schema):
+    key = fields.String()
+    description = fields.String()
+    required = fields.Boolean()
+    obtainUrl = fields.String(attribute="obtain_url", allow_none=True)
+    set = fields.Boolean()
+
+
+class SkillSchema(Schema):
+    name = fields.String()
+    error = fields.String(allow_none=True)
+    requires = fields.List(fields.Nested(RequirementSchema))
+
+
 class ErrorSchema(Schema):
     statusCode = fields.Integer()
     message = fields.String()
@@ -196,3 +210,4 @@ audit_events_schema = AuditEventSchema(many=True)
 tokens_schema = TokenSchema(many=True)
 token_created_schema = TokenCreatedSchema()
 revoked_schema = RevokedSchema()
+skills_schema = SkillSchema(many=True)

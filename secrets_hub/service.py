@@ -107,6 +107,7 @@ def create_secret(caller: Caller, key: str, value: str, description: str | None 
     except IntegrityError:
         audit.record_now(caller, "create", key, "conflict")
         raise ConflictError(f'Secret with key "{key}" already exists') from None
+    runtime().plugins.secret_changed(key, "create")
     return {name: row[name] for name in ("id", "key", "description", "created_at", "updated_at")}
 
 
@@ -152,6 +153,7 @@ def update_secret(caller: Caller, key: str, value: str = UNSET, description: str
         _add_version(caller, row["id"], row["current_version"], sealed, now)
     audit.record(caller, action, key, "ok")
     db.session.commit()
+    runtime().plugins.secret_changed(key, action)
     return {**row, "version": row["current_version"]}
 
 
@@ -178,6 +180,7 @@ def delete_secret(caller: Caller, key: str) -> None:
         raise _not_found(key)
     audit.record(caller, "delete", key, "ok")
     db.session.commit()
+    runtime().plugins.secret_changed(key, "delete")
 
 
 def list_versions(caller: Caller, key: str) -> list[dict[str, Any]]:
@@ -215,3 +218,15 @@ def read_audit_log(caller: Caller, key: str | None = None, actor: str | None = N
     """The newest audit events, optionally for one key or actor, older than event `before` (admin only)."""
     authorize(caller, ADMIN, "audit.read")
     return audit.list_events(key=key, actor=actor, limit=limit, before=before)
+
+
+def skills_report(caller: Caller) -> list[dict[str, Any]]:
+    """Every skill plugin, the keys it requires and whether each is set, and broken plugins with the reason."""
+    authorize(caller, READ, "skills")
+    existing = set(db.session.execute(select(secrets_table.c.key)).scalars())
+    return [
+        {"name": skill.name, "error": skill.error, "requires": [
+            {"key": r.key, "description": r.description, "required": r.required, "obtain_url": r.obtain_url,
+             "set": r.key in existing} for r in skill.requires]}
+        for skill in runtime().plugins.skills.values()
+    ]

@@ -98,6 +98,7 @@ def config(tmp_path: Path, database_url: str) -> dict[str, Any]:
         "DATABASE_URL": database_url,
         "SECRETS_HUB_MASTER_KEY": MASTER_KEY,
         "SECRETS_HUB_PLUGINS_DIR": str(tmp_path / "plugins"),
+        "SECRETS_HUB_LOAD_ENTRYPOINTS": "0",
         "SECRETS_HUB_KEEP_VERSIONS": "20",
         "SECRETS_HUB_MAX_VALUE_BYTES": "65536",
     }

@@ -75,14 +75,52 @@ function wireDialog(dialog) {
 
 /* ---------------------------------------------------------------- Secrets */
 
+// The Add/Edit dialog, shared by the Secrets and Skills tabs. `open(secret)` edits, `open(null, key)` adds.
+function secretEditor(onSaved) {
+  const editor = wireDialog(document.getElementById("secret-dialog"));
+  const form = editor.querySelector("form");
+  let editing = null;
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const { key, value, description } = form.elements;
+    let result;
+    if (editing) {
+      const body = { description: description.value || null };
+      if (value.value !== "") body.value = value.value;
+      result = await api("PUT", `/api/secrets/${encodeURIComponent(editing.key)}`, body);
+    } else {
+      const problem = keyError(key.value);
+      if (problem) return showAlert(editor, problem);
+      if (value.value === "") return showAlert(editor, "Value is required");
+      result = await api("POST", "/api/secrets", { key: key.value, value: value.value, description: description.value || null });
+    }
+    if (!result.ok) return showAlert(editor, result.message);
+    value.value = "";
+    editor.close();
+    await onSaved();
+  });
+
+  return function open(secret, key = "", description = "") {
+    editing = secret;
+    form.reset();
+    showAlert(editor, null);
+    editor.querySelector("h2").textContent = secret ? "Edit secret" : "Add secret";
+    form.elements.key.readOnly = Boolean(secret);
+    form.elements.key.value = secret ? secret.key : key;
+    form.elements.description.value = secret ? secret.description || "" : description;
+    editor.querySelector("#value-hint").hidden = !secret;
+    editor.showModal();
+    (secret || key ? form.elements.value : form.elements.key).focus();
+  };
+}
+
 function initSecrets(panel) {
   const tbody = panel.querySelector("#secrets-table tbody");
   const filter = panel.querySelector("#filter");
-  const editor = wireDialog(document.getElementById("secret-dialog"));
-  const form = editor.querySelector("form");
+  const openEditor = secretEditor(load);
   const history = wireDialog(document.getElementById("history-dialog"));
   const remover = wireDialog(document.getElementById("delete-dialog"));
-  let editing = null;
   let deleting = null;
 
   function applyFilter() {
@@ -129,39 +167,6 @@ function initSecrets(panel) {
     target.hidden = false;
   }
 
-  function openEditor(secret) {
-    editing = secret;
-    form.reset();
-    showAlert(editor, null);
-    editor.querySelector("h2").textContent = secret ? "Edit secret" : "Add secret";
-    form.elements.key.readOnly = Boolean(secret);
-    form.elements.key.value = secret ? secret.key : "";
-    form.elements.description.value = secret ? secret.description || "" : "";
-    editor.querySelector("#value-hint").hidden = !secret;
-    editor.showModal();
-    (secret ? form.elements.value : form.elements.key).focus();
-  }
-
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const { key, value, description } = form.elements;
-    let result;
-    if (editing) {
-      const body = { description: description.value || null };
-      if (value.value !== "") body.value = value.value;
-      result = await api("PUT", `/api/secrets/${encodeURIComponent(editing.key)}`, body);
-    } else {
-      const problem = keyError(key.value);
-      if (problem) return showAlert(editor, problem);
-      if (value.value === "") return showAlert(editor, "Value is required");
-      result = await api("POST", "/api/secrets", { key: key.value, value: value.value, description: description.value || null });
-    }
-    if (!result.ok) return showAlert(editor, result.message);
-    value.value = "";
-    editor.close();
-    await load();
-  });
-
   async function openHistory(key) {
     history.querySelector("h2 code").textContent = key;
     showAlert(history, null);
@@ -203,6 +208,68 @@ function initSecrets(panel) {
 
   filter.addEventListener("input", applyFilter);
   panel.querySelector("#add-secret").addEventListener("click", () => openEditor(null));
+  load();
+}
+
+/* ---------------------------------------------------------------- Skills */
+
+function initSkills(panel) {
+  const list = panel.querySelector("#skills-list");
+  const openEditor = secretEditor(load);
+
+  function requirementRow(requirement) {
+    const tr = element("tr");
+    tr.dataset.key = requirement.key;
+    const state = element("span", requirement.set ? "set" : "missing", requirement.set ? "badge" : "badge missing");
+    const action = element("div", null, "actions");
+    if (!requirement.set) {
+      action.append(button("Add secret", () => openEditor(null, requirement.key, requirement.description)));
+      if (requirement.obtainUrl) {
+        const link = element("a", "Where to get it");
+        link.href = requirement.obtainUrl;
+        link.rel = "noopener noreferrer";
+        link.target = "_blank";
+        action.append(link);
+      }
+    }
+    tr.append(cell(element("code", requirement.key)), cell(requirement.description),
+      cell(requirement.required ? "required" : "optional"), cell(state), cell(action));
+    return tr;
+  }
+
+  function skillCard(skill) {
+    const card = element("article", null, "card stack");
+    card.dataset.skill = skill.name;
+    card.append(element("h2", skill.name));
+    if (skill.error) {
+      card.append(element("p", `Skipped: ${skill.error}`, "alert"));
+      return card;
+    }
+    if (!skill.requires.length) {
+      card.append(element("p", "Needs no secrets.", "hint"));
+      return card;
+    }
+    const table = element("table", null, "list");
+    const head = element("thead");
+    const headRow = element("tr");
+    for (const title of ["Key", "Description", "Need", "State"]) headRow.append(element("th", title));
+    headRow.append(element("th"));
+    head.append(headRow);
+    const body = element("tbody");
+    body.append(...skill.requires.map(requirementRow));
+    table.append(head, body);
+    card.append(table);
+    return card;
+  }
+
+  async function load() {
+    const result = await api("GET", "/api/skills");
+    showAlert(panel, result.ok ? null : result.message);
+    if (!result.ok) return;
+    list.replaceChildren(...result.data.map(skillCard));
+    panel.querySelector("#skills-empty").hidden = result.data.length > 0;
+  }
+
   load();
 }
 
@@ -322,7 +389,7 @@ function initAudit(panel) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const panels = { "secrets-panel": initSecrets, "tokens-panel": initTokens, "audit-panel": initAudit };
+  const panels = { "secrets-panel": initSecrets, "skills-panel": initSkills, "tokens-panel": initTokens, "audit-panel": initAudit };
   for (const [id, init] of Object.entries(panels)) {
     const panel = document.getElementById(id);
     if (panel) init(panel);

@@ -183,6 +183,13 @@ def revoke_token(name: str):
     return _data(schemas.revoked_schema, {"revoked": True})
 
 
+@bp.get("/skills")
+@operation("Skill plugins, the keys each requires, which are set, and broken plugins with the reason",
+           response=schemas.skills_schema, errors=(403,))
+def list_skills():
+    return _data(schemas.skills_schema, service.skills_report(_caller()))
+
+
 @bp.get("/openapi.json")
 @public
 @operation("This document", public=True)
