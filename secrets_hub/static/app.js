@@ -73,6 +73,25 @@ function wireDialog(dialog) {
   return dialog;
 }
 
+// A confirmation dialog that sends DELETE to `pathFor(name)` when confirmed; returns open(name).
+function confirmDelete(dialog, pathFor, onDone) {
+  wireDialog(dialog);
+  let target = null;
+  dialog.querySelector("form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const result = await api("DELETE", pathFor(target));
+    if (!result.ok) return showAlert(dialog, result.message);
+    dialog.close();
+    await onDone();
+  });
+  return function open(name) {
+    target = name;
+    dialog.querySelector("h2 code").textContent = name;
+    showAlert(dialog, null);
+    dialog.showModal();
+  };
+}
+
 /* ---------------------------------------------------------------- Secrets */
 
 // The Add/Edit dialog, shared by the Secrets and Skills tabs. `open(secret)` edits, `open(null, key)` adds.
@@ -120,8 +139,8 @@ function initSecrets(panel) {
   const filter = panel.querySelector("#filter");
   const openEditor = secretEditor(load);
   const history = wireDialog(document.getElementById("history-dialog"));
-  const remover = wireDialog(document.getElementById("delete-dialog"));
-  let deleting = null;
+  const openDelete = confirmDelete(document.getElementById("delete-dialog"),
+    (key) => `/api/secrets/${encodeURIComponent(key)}`, load);
 
   function applyFilter() {
     const needle = filter.value.trim().toLowerCase();
@@ -190,21 +209,6 @@ function initSecrets(panel) {
     if (!result.ok) return showAlert(history, result.message);
     await Promise.all([openHistory(key), load()]);
   }
-
-  function openDelete(key) {
-    deleting = key;
-    remover.querySelector("h2 code").textContent = key;
-    showAlert(remover, null);
-    remover.showModal();
-  }
-
-  remover.querySelector("form").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const result = await api("DELETE", `/api/secrets/${encodeURIComponent(deleting)}`);
-    if (!result.ok) return showAlert(remover, result.message);
-    remover.close();
-    await load();
-  });
 
   filter.addEventListener("input", applyFilter);
   panel.querySelector("#add-secret").addEventListener("click", () => openEditor(null));
@@ -279,9 +283,9 @@ function initTokens(panel) {
   const form = panel.querySelector("#token-form");
   if (!form) return;
   const tbody = panel.querySelector("#tokens-table tbody");
-  const revoker = wireDialog(document.getElementById("revoke-dialog"));
+  const openRevoke = confirmDelete(document.getElementById("revoke-dialog"),
+    (name) => `/api/tokens/${encodeURIComponent(name)}`, load);
   const created = panel.querySelector("#new-token");
-  let revoking = null;
 
   async function load() {
     const result = await api("GET", "/api/tokens");
@@ -324,21 +328,6 @@ function initTokens(panel) {
       document.execCommand("copy");
     }
     event.target.textContent = "Copied";
-  });
-
-  function openRevoke(name) {
-    revoking = name;
-    revoker.querySelector("h2 code").textContent = name;
-    showAlert(revoker, null);
-    revoker.showModal();
-  }
-
-  revoker.querySelector("form").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const result = await api("DELETE", `/api/tokens/${encodeURIComponent(revoking)}`);
-    if (!result.ok) return showAlert(revoker, result.message);
-    revoker.close();
-    await load();
   });
 
   load();
