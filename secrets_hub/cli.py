@@ -292,3 +292,34 @@ def skills(as_json: bool) -> None:
             kind = "required" if requirement["required"] else "optional"
             where = f"  (get it at {requirement['obtain_url']})" if requirement["obtain_url"] and not requirement["set"] else ""
             click.echo(f"  {requirement['key']}\t{kind}\t{state}\t{requirement['description']}{where}")
+
+
+@cli.command("mcp")
+@click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (http).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port (http).")
+def mcp_command(transport: str, host: str, port: int) -> None:
+    """Serve the read-only MCP tools to AI agents (stdio: token in SECRETS_HUB_TOKEN; http: Bearer per request)."""
+    import os
+
+    from secrets_hub.app import create_app
+    from secrets_hub.errors import AuthenticationError, ForbiddenError
+    from secrets_hub.mcp_server import agent_caller, create_mcp_server, is_loopback
+
+    app = create_app()
+    if transport == "stdio":
+        token = os.environ.get("SECRETS_HUB_TOKEN", "").strip()
+        if not token:
+            _note("Error: SECRETS_HUB_TOKEN is not set: the MCP server needs an API token with the mcp scope")
+            sys.exit(2)
+        try:
+            agent_caller(app, token)
+        except (AuthenticationError, ForbiddenError) as refused:
+            _note(f"Error: SECRETS_HUB_TOKEN was refused: {refused.message}")
+            sys.exit(2)
+        create_mcp_server(app, token).run("stdio")
+        return
+    if not is_loopback(host):
+        _note(f"Warning: serving MCP on {host} without TLS; put a TLS-terminating reverse proxy in front of it.")
+    _note(f"secrets-hub MCP server on http://{host}:{port}/mcp")
+    create_mcp_server(app, host=host, port=port).run("streamable-http", host=host, port=port)

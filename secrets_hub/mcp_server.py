@@ -1,0 +1,138 @@
+"""The MCP server: read-only secret tools for AI agents, under our own API tokens (scope `mcp`).
+
+Built on the official SDK (`mcp.server.mcpserver.MCPServer`). Over streamable HTTP every request
+carries a Bearer token, checked by the SDK's middleware through `HubTokenVerifier`; over stdio
+there is no transport auth, so the token comes from SECRETS_HUB_TOKEN and is checked at start.
+Either way the token is checked again on every tool call, so a revoked token stops at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+
+import anyio.to_thread
+from flask import Flask
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from secrets_hub import __version__, audit, service
+from secrets_hub.auth import MCP, READ, Caller, authenticate_token
+from secrets_hub.errors import AuthenticationError, ForbiddenError, SecretsHubError
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+INSTRUCTIONS = (
+    "secrets-hub holds the API keys and credentials of this user's apps. Call list_secrets to see which "
+    "keys you may read, then get_secret with one key. Never repeat a secret's value back to the user "
+    "unless they asked for it."
+)
+
+
+def agent_caller(app: Flask, token: str) -> Caller:
+    """The agent behind `token`: it must hold the `mcp` scope, which grants reading through MCP alone."""
+    with app.app_context():
+        caller = authenticate_token(token, "mcp", None)
+        if MCP not in caller.scopes:
+            audit.record_now(caller, "authenticate", None, "denied")
+            raise ForbiddenError(f"Token lacks scope {MCP}")
+    return Caller(actor=caller.actor, channel="mcp", scopes=frozenset({READ}), allow=caller.allow)
+
+
+class HubTokenVerifier(TokenVerifier):
+    """The SDK's token check, answered from our token table; scopes are enforced by AuthSettings."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        def check() -> AccessToken | None:
+            with self.app.app_context():
+                try:
+                    caller = authenticate_token(token, "mcp", None)
+                except AuthenticationError:
+                    return None
+            return AccessToken(token=token, client_id=caller.actor, scopes=sorted(caller.scopes))
+
+        return await anyio.to_thread.run_sync(check)
+
+
+def create_mcp_server(app: Flask, stdio_token: str | None = None, *, host: str = "127.0.0.1",
+                      port: int = 8765) -> MCPServer:
+    """Build the server; `stdio_token` is the agent's token for stdio, None for HTTP (per-request tokens)."""
+    http = stdio_token is None
+    server = MCPServer(
+        "secrets-hub",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        token_verifier=HubTokenVerifier(app) if http else None,
+        auth=AuthSettings(
+            issuer_url=f"http://{host}:{port}",
+            resource_server_url=f"http://{host}:{port}/mcp",
+            required_scopes=[MCP],
+            validate_token_resource=False,  # our tokens are not audience-bound; the verifier is the authority
+        ) if http else None,
+    )
+
+    def current_token() -> str:
+        if not http:
+            return stdio_token
+        access = get_access_token()
+        if access is None:  # the middleware lets no unauthenticated request through; be explicit anyway
+            raise ToolError("Authentication required")
+        return access.token
+
+    async def run(use_case: Any) -> Any:
+        token = current_token()
+
+        def call() -> Any:
+            try:
+                caller = agent_caller(app, token)
+                with app.app_context():
+                    return use_case(caller)
+            except SecretsHubError as error:
+                raise ToolError(error.message) from None
+
+        return await anyio.to_thread.run_sync(call)
+
+    @server.tool(
+        name="get_secret",
+        title="Get a secret",
+        description="Return the value of one secret by its key (SCREAMING_SNAKE_CASE, e.g. GITHUB_TOKEN). "
+        "Only keys this token may read are returned; the read is audited.",
+        annotations=READ_ONLY,
+    )
+    async def get_secret(
+        key: Annotated[str, Field(description="The secret's key, e.g. GITHUB_TOKEN", max_length=255)],
+    ) -> dict[str, str]:
+        result = await run(lambda caller: service.read_secret(caller, key))
+        return {"key": key, "value": result["value"]}
+
+    @server.tool(
+        name="list_secrets",
+        title="List secrets",
+        description="List the keys and descriptions of the secrets this token may read. Never returns values.",
+        annotations=READ_ONLY,
+    )
+    async def list_secrets() -> list[dict[str, Any]]:
+        def listing(caller: Caller) -> list[dict[str, Any]]:
+            rows = service.list_secrets(caller)
+            audit.record_now(caller, "list", None, "ok")
+            return [{"key": row["key"], "description": row["description"]} for row in rows]
+
+        return await run(listing)
+
+    return server
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
