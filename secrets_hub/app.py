@@ -58,7 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=max(1024 * 1024, 8 * settings.max_value_bytes),
         WTF_CSRF_TIME_LIMIT=None,
     )
-    app.config.update({k: v for k, v in (config or {}).items() if k.isupper() and k in {"TESTING"}})
+    app.testing = bool((config or {}).get("TESTING"))
     app.session_interface = SessionInterface()
     plugins = load_plugins(settings.plugins_dir, settings.load_entrypoints)
     app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=plugins)
