@@ -55,7 +55,10 @@ class HubTokenVerifier(TokenVerifier):
                 try:
                     caller = authenticate_token(token, "mcp", None)
                 except AuthenticationError:
-                    return None
+                    return None  # refused and audited; the SDK answers 401
+                if MCP not in caller.scopes:
+                    # The SDK answers 403 (insufficient scope) before any tool runs: record the refusal here.
+                    audit.record_now(caller, "authenticate", None, "denied")
             return AccessToken(token=token, client_id=caller.actor, scopes=sorted(caller.scopes))
 
         return await anyio.to_thread.run_sync(check)
