@@ -16,7 +16,7 @@ from flask import Flask
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
@@ -33,14 +33,21 @@ INSTRUCTIONS = (
 )
 
 
-def agent_caller(app: Flask, token: str) -> Caller:
+def agent_caller(app: Flask, token: str, remote_addr: str | None = None) -> Caller:
     """The agent behind `token`: it must hold the `mcp` scope, which grants reading through MCP alone."""
     with app.app_context():
-        caller = authenticate_token(token, "mcp", None)
+        caller = authenticate_token(token, "mcp", remote_addr)
         if MCP not in caller.scopes:
             audit.record_now(caller, "authenticate", None, "denied")
             raise ForbiddenError(f"Token lacks scope {MCP}")
-    return Caller(actor=caller.actor, channel="mcp", scopes=frozenset({READ}), allow=caller.allow)
+    return Caller(actor=caller.actor, channel="mcp", scopes=frozenset({READ}), allow=caller.allow,
+                  remote_addr=remote_addr)
+
+
+def _remote_addr(ctx: Context) -> str | None:
+    """The HTTP client's address; None over stdio, where the agent is a local process."""
+    client = getattr(ctx.request_context.request, "client", None)
+    return getattr(client, "host", None)
 
 
 class HubTokenVerifier(TokenVerifier):
@@ -89,12 +96,12 @@ def create_mcp_server(app: Flask, stdio_token: str | None = None, *, host: str =
             raise ToolError("Authentication required")
         return access.token
 
-    async def run(use_case: Any) -> Any:
-        token = current_token()
+    async def run(ctx: Context, use_case: Any) -> Any:
+        token, remote_addr = current_token(), _remote_addr(ctx)
 
         def call() -> Any:
             try:
-                caller = agent_caller(app, token)
+                caller = agent_caller(app, token, remote_addr)
                 with app.app_context():
                     return use_case(caller)
             except SecretsHubError as error:
@@ -111,8 +118,9 @@ def create_mcp_server(app: Flask, stdio_token: str | None = None, *, host: str =
     )
     async def get_secret(
         key: Annotated[str, Field(description="The secret's key, e.g. GITHUB_TOKEN", max_length=255)],
+        ctx: Context,
     ) -> dict[str, str]:
-        result = await run(lambda caller: service.read_secret(caller, key))
+        result = await run(ctx, lambda caller: service.read_secret(caller, key))
         return {"key": key, "value": result["value"]}
 
     @server.tool(
@@ -121,13 +129,13 @@ def create_mcp_server(app: Flask, stdio_token: str | None = None, *, host: str =
         description="List the keys and descriptions of the secrets this token may read. Never returns values.",
         annotations=READ_ONLY,
     )
-    async def list_secrets() -> list[dict[str, Any]]:
+    async def list_secrets(ctx: Context) -> list[dict[str, Any]]:
         def listing(caller: Caller) -> list[dict[str, Any]]:
             rows = service.list_secrets(caller)
             audit.record_now(caller, "list", None, "ok")
             return [{"key": row["key"], "description": row["description"]} for row in rows]
 
-        return await run(listing)
+        return await run(ctx, listing)
 
     return server
 

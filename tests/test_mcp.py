@@ -239,6 +239,9 @@ def test_narrow_token_reads_allowed_values_lists_only_allowed_keys_and_is_refuse
         ("mcp", "read", "OPENAI_API_KEY", "denied"),
         ("mcp", "read", "GITHUB_APP_KEY", "ok"),
     ]
+    # Over HTTP the audit names the client's address; over stdio the agent is a local process.
+    events = client.get("/api/audit?actor=agent&limit=1000", headers=seeded).get_json()["data"]
+    assert {event["remoteAddr"] for event in events} == {"127.0.0.1" if transport == "http" else None}
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
