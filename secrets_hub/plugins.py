@@ -55,23 +55,57 @@ def _check_requirements(result: Any) -> tuple[SecretRequirement, ...]:
 
 
 class Plugins:
-    """The plugin manager of one app and the skills it found."""
+    """The plugin manager of one app: the working skills by name, and the skipped ones with their reasons."""
 
-    def __init__(self, manager: pluggy.PluginManager, skills: dict[str, Skill]):
+    def __init__(self, manager: pluggy.PluginManager, skills: dict[str, Skill], broken: list[Skill]):
         self.manager = manager
-        self.skills = dict(sorted(skills.items()))
+        self._working = skills
+        self._broken = broken
+
+    @property
+    def skills(self) -> list[Skill]:
+        """Every plugin, working or skipped, sorted by name (a skipped twin after the working one)."""
+        return sorted([*self._working.values(), *self._broken], key=lambda skill: (skill.name, skill.error is not None))
 
     def skill(self, name: str) -> Skill | None:
-        found = self.skills.get(name)
-        return found if found is not None and found.error is None else None
+        """A working skill by name, or None."""
+        return self._working.get(name)
+
+    def _skip(self, name: str, reason: str) -> None:
+        log.error("skill plugin %s skipped: %s", name, reason)
+        if self.manager.has_plugin(name):
+            self.manager.unregister(name=name)
+        self._working.pop(name, None)
+        self._broken.append(Skill(name, error=reason))
+
+    def add(self, name: str, load: Callable[[], Any]) -> None:
+        """Load and register one plugin under `name`, or record why not."""
+        if self.manager.has_plugin(name) or name in self._working:
+            self._broken.append(Skill(name, error=f'another plugin is already named "{name}"'))
+            return
+        try:
+            self.manager.register(load(), name=name)
+            self.manager.check_pending()  # a misspelt hook name is an error, not a silent no-op
+        except Exception as error:  # noqa: BLE001 - report the plugin, keep the app
+            self._skip(name, f"failed to load: {_failure(error)}")
+            return
+        self._working[name] = Skill(name)
+
+    def collect_requirements(self) -> None:
+        """Ask every plugin what it needs; a plugin that raises or answers wrongly is skipped."""
+        for impl in self.manager.hook.secrets_hub_required_secrets.get_hookimpls():
+            try:
+                self._working[impl.plugin_name] = Skill(impl.plugin_name, requires=_check_requirements(impl.function()))
+            except Exception as error:  # noqa: BLE001
+                self._skip(impl.plugin_name, f"secrets_hub_required_secrets: {_failure(error)}")
 
     def _call_each(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every implementation on its own, so one failing plugin cannot stop the others."""
+        """Call every implementation on its own: a plugin that raises is skipped from then on, the caller goes on."""
         for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
             try:
                 impl.function(*(kwargs[name] for name in impl.argnames))
-            except Exception:  # noqa: BLE001 - a plugin's bug must never break the caller
-                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+            except Exception as error:  # noqa: BLE001 - a plugin's bug must never break the caller
+                self._skip(impl.plugin_name, f"{hook_name}: {_failure(error)}")
 
     def secret_changed(self, key: str, action: str) -> None:
         self._call_each("secrets_hub_secret_changed", key=key, action=CHANGE_ACTIONS[action])
@@ -101,26 +135,8 @@ def load_plugins(plugins_dir: Path, load_entrypoints: bool = True) -> Plugins:
     """Register every plugin that loads and declares valid requirements; record the others with the reason."""
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(hookspecs)
-    skills: dict[str, Skill] = {}
+    plugins = Plugins(manager, {}, [])
     for name, load in _candidates(plugins_dir, load_entrypoints):
-        if name in skills:
-            skills[name] = Skill(name, error=f'another plugin is already named "{name}"')
-            continue
-        try:
-            manager.register(load(), name=name)
-            manager.check_pending()  # a misspelt hook name is an error, not a silent no-op
-        except Exception as error:  # noqa: BLE001 - report the plugin, keep the app
-            if manager.has_plugin(name):
-                manager.unregister(name=name)
-            skills[name] = Skill(name, error=f"failed to load: {_failure(error)}")
-            log.error("skill plugin %s skipped: %s", name, skills[name].error)
-            continue
-        skills[name] = Skill(name)
-    for impl in manager.hook.secrets_hub_required_secrets.get_hookimpls():
-        try:
-            skills[impl.plugin_name] = Skill(impl.plugin_name, requires=_check_requirements(impl.function()))
-        except Exception as error:  # noqa: BLE001
-            manager.unregister(name=impl.plugin_name)
-            skills[impl.plugin_name] = Skill(impl.plugin_name, error=f"secrets_hub_required_secrets: {_failure(error)}")
-            log.error("skill plugin %s skipped: %s", impl.plugin_name, skills[impl.plugin_name].error)
-    return Plugins(manager, skills)
+        plugins.add(name, load)
+    plugins.collect_requirements()
+    return plugins

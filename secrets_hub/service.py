@@ -228,5 +228,5 @@ def skills_report(caller: Caller) -> list[dict[str, Any]]:
         {"name": skill.name, "error": skill.error, "requires": [
             {"key": r.key, "description": r.description, "required": r.required, "obtain_url": r.obtain_url,
              "set": r.key in existing} for r in skill.requires]}
-        for skill in runtime().plugins.skills.values()
+        for skill in runtime().plugins.skills
     ]
