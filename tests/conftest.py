@@ -190,9 +190,42 @@ def live_server(config: dict[str, Any], tmp_path: Path) -> Iterator[str]:
             pytest.fail(f"server did not start: {(tmp_path / 'server.log').read_text()}")
         time.sleep(0.1)
     yield base
+    stop_process(process)
+    log.close()
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Ask a server process to stop, and make sure it has."""
     process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
-    log.close()
+        process.wait(timeout=10)
+
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags for a closed network: without the background-networking ones Chromium keeps dialling out.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium under Playwright (its own download is not used), one per test module.
+
+    Per module, not per session: Playwright's sync API keeps an event loop running in this thread,
+    and tests that call asyncio.run (the MCP client tests) need it stopped again.
+    """
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+    playwright = sync_api.sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    except Exception as error:  # noqa: BLE001 - a browser that does not start is a skip, with its reason
+        playwright.stop()
+        pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {error}")
+    yield browser
+    browser.close()
+    playwright.stop()

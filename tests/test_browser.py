@@ -19,14 +19,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from conftest import MASTER_KEY, bearer
+from conftest import CHROMIUM, MASTER_KEY, bearer
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 expect = sync_api.expect
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)",
@@ -57,19 +53,6 @@ def max_value_bytes() -> str:
 def config(config: dict[str, Any], max_value_bytes: str) -> dict[str, Any]:
     config["SECRETS_HUB_MAX_VALUE_BYTES"] = max_value_bytes
     return config
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    playwright = sync_api.sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-    except Exception as error:  # noqa: BLE001 - a browser that does not start is a skip, with its reason
-        playwright.stop()
-        pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {error}")
-    yield browser
-    browser.close()
-    playwright.stop()
 
 
 @pytest.fixture

@@ -1,21 +1,20 @@
 """The Skills tab in a real browser (SPEC.md sections 7 and 9, issue 4 item 5).
 
-Reuses the browser fixtures of test_browser (Debian's Chromium under Playwright, `secrets-hub serve` as a
+Reuses conftest's `browser` and test_browser's page fixtures (Debian's Chromium under Playwright, `secrets-hub serve` as a
 real server, the first account made through /setup). The plugins are written into the plugins folder
 before the server starts, by this module's `config` fixture.
 """
 
 from __future__ import annotations
 
-import gc
 import textwrap
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from test_browser import (  # noqa: F401 - fixtures are found by name
-    CHROMIUM, CHROMIUM_ARGS, api, backend, context, expect, open_dialog, page, seen, signed_in, sync_api,
+    api, backend, context, expect, open_dialog, page, seen, signed_in,
 )
 
 MISSING_KEY = "BROWSER_SKILL_TOKEN"
@@ -32,28 +31,6 @@ PLUGINS = {
         raise RuntimeError("import exploded 5d1c")
     """,
 }
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """test_browser's Chromium when that module already started it, else one of our own for this module.
-
-    Playwright's sync API allows one instance per thread, and an imported session-scoped fixture would be a
-    second instance (pytest caches a fixture per module that defines it), so we look for the running one.
-    """
-    running = next((o for o in gc.get_objects() if isinstance(o, sync_api.Browser) and o.is_connected()), None)
-    if running is not None:
-        yield running
-        return
-    playwright = sync_api.sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-    except Exception as error:  # noqa: BLE001 - a browser that does not start is a skip, with its reason
-        playwright.stop()
-        pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {error}")
-    yield browser
-    browser.close()
-    playwright.stop()
 
 
 def cell(row, text: str):

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from conftest import BACKENDS, SECRETS_HUB, bearer, cli_env, free_port
+from conftest import BACKENDS, SECRETS_HUB, bearer, cli_env, free_port, stop_process
 from secrets_hub import bootstrap
 
 TOKEN_PATTERN = r"shub_[A-Za-z0-9_-]{43,}"  # `shub_` and at least 32 random bytes, base64url
@@ -660,12 +660,7 @@ def test_serve_with_two_workers_answers_and_shares_the_store(run_cli, config, tm
             ok(run_cli("token", "revoke", "svc", input=""))
             assert wait_for(lambda: all(rest_get(base, "/api/secrets", token).status_code == 401 for _ in range(6)))
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process)
 
 
 @both_backends

@@ -26,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from sqlalchemy import update
 
-from conftest import SECRETS_HUB, bearer, cli_env, free_port
+from conftest import SECRETS_HUB, bearer, cli_env, free_port, stop_process
 from secrets_hub.db import db
 from secrets_hub.models import ApiToken
 
@@ -85,12 +85,7 @@ def mcp_http(app, config: dict[str, Any], tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.1)
             yield f"http://127.0.0.1:{port}/mcp"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process)
 
 
 @asynccontextmanager
