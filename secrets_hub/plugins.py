@@ -51,6 +51,9 @@ def _check_requirements(result: Any) -> tuple[SecretRequirement, ...]:
             item.obtain_url is None or isinstance(item.obtain_url, str)
         ):
             raise TypeError(f'requirement "{item.key}" has a field of the wrong type')
+        # The Skills tab links to it: only web addresses, never a `javascript:` or `data:` URL.
+        if item.obtain_url is not None and not item.obtain_url.startswith(("https://", "http://")):
+            raise ValueError(f'requirement "{item.key}": obtain_url must be an http(s) address')
     return tuple(result)
 
 

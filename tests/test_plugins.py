@@ -274,6 +274,11 @@ FAILURES = {
         def secrets_hub_required_secrets():
             return [SecretRequirement("WRONG_FIELD", required="yes")]
     """, ["WRONG_FIELD"]),
+    "script_obtain_url": ("""
+        @hookimpl
+        def secrets_hub_required_secrets():
+            return [SecretRequirement("LINKED_TOKEN", obtain_url="javascript:alert(1)")]
+    """, ["LINKED_TOKEN", "obtain_url"]),
     "misspelt_hook": ("""
         @hookimpl
         def secrets_hub_requierd_secrets():
