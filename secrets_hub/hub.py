@@ -32,6 +32,10 @@ class SkillSecrets(Mapping[str, str]):
             except NotFoundError:
                 raise KeyError(key) from None
 
+    def __contains__(self, key: object) -> bool:
+        # A membership test needs no value: answer it from the metadata, without a decrypted, audited read.
+        return key in self._keys and key in list(self)
+
     def __iter__(self) -> Iterator[str]:
         with self._hub.app.app_context():
             return iter([row["key"] for row in service.list_secrets(self._caller)])

@@ -227,6 +227,7 @@ def skills_report(caller: Caller) -> list[dict[str, Any]]:
     return [
         {"name": skill.name, "error": skill.error, "requires": [
             {"key": r.key, "description": r.description, "required": r.required, "obtain_url": r.obtain_url,
-             "set": r.key in existing} for r in skill.requires]}
+             # A key outside the caller's globs reads as missing: its existence is not theirs to learn.
+             "set": r.key in existing and caller.may_access(r.key)} for r in skill.requires]}
         for skill in runtime().plugins.skills
     ]

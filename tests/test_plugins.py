@@ -820,3 +820,23 @@ def test_cli_skills_reports_an_entry_point_plugin_and_a_name_clash(config, run_c
     twins = [skill for skill in report if skill["name"] == "twin"]
     assert any(skill["error"] and "twin" in skill["error"] for skill in twins), report
     assert all(r["key"] != "TWIN_FROM_FOLDER" for skill in twins for r in skill["requires"])
+
+
+def test_skills_report_hides_keys_outside_the_callers_globs(request, config):
+    write_plugin(config, "globbed", declaring('SecretRequirement("INSIDE_TOKEN")', 'SecretRequirement("OUTSIDE_TOKEN")'))
+    app, client, token = start(request)
+    for key in ("INSIDE_TOKEN", "OUTSIDE_TOKEN"):
+        assert client.post("/api/secrets", json={"key": key, "value": "v"}, headers=bearer(token)).status_code == 200
+    narrow = request.getfixturevalue("make_token")("secrets:read", allow=["INSIDE_*"])
+    requires = skill_named(skills(client, narrow), "globbed")["requires"]
+    assert {r["key"]: r["set"] for r in requires} == {"INSIDE_TOKEN": True, "OUTSIDE_TOKEN": False}
+
+
+def test_membership_in_a_skills_secrets_reads_no_value(request, config):
+    write_plugin(config, "member", declaring('SecretRequirement("MEMBER_TOKEN")', 'SecretRequirement("UNSET_TOKEN")'))
+    app, client, token = start(request)
+    assert client.post("/api/secrets", json={"key": "MEMBER_TOKEN", "value": "v"}, headers=bearer(token)).status_code == 200
+    secrets = hub_of(app).secrets_for("member")
+    assert "MEMBER_TOKEN" in secrets and "UNSET_TOKEN" not in secrets and "OTHER_TOKEN" not in secrets
+    events = client.get("/api/audit?actor=member", headers=bearer(token)).get_json()["data"]
+    assert [e for e in events if e["action"] == "read"] == []
