@@ -39,6 +39,12 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(alembic_config(connection), "head")
 
 
+def seal_key_check(keyring: Keyring) -> str:
+    """The key check as stored: a known text encrypted under the primary key, with its key id in front."""
+    sealed = keyring.encrypt(KEY_CHECK_PLAINTEXT, KEY_CHECK_CONTEXT)
+    return f"{sealed.key_id}:{sealed.iv}:{sealed.encrypted_value}"
+
+
 def check_master_key(engine: Engine, keyring: Keyring) -> None:
     """Refuse a master secret that does not open this database; record the check on first use."""
     with engine.connect() as connection:
@@ -46,13 +52,9 @@ def check_master_key(engine: Engine, keyring: Keyring) -> None:
             raise ConfigError("The database is not initialised: run `secrets-hub init` first")
         row = connection.execute(select(Meta.value).where(Meta.name == KEY_CHECK)).scalar()
     if row is None:
-        sealed = keyring.encrypt(KEY_CHECK_PLAINTEXT, KEY_CHECK_CONTEXT)
         try:
             with engine.begin() as connection:
-                connection.execute(
-                    Meta.__table__.insert(),
-                    {"name": KEY_CHECK, "value": f"{sealed.key_id}:{sealed.iv}:{sealed.encrypted_value}"},
-                )
+                connection.execute(Meta.__table__.insert(), {"name": KEY_CHECK, "value": seal_key_check(keyring)})
             return
         except IntegrityError:  # another process recorded its check first: verify against that one
             return check_master_key(engine, keyring)
@@ -62,7 +64,8 @@ def check_master_key(engine: Engine, keyring: Keyring) -> None:
     except DecryptionError:
         raise ConfigError(
             f"The master key does not match this database (key check failed for key id {key_id}); "
-            "set SECRETS_HUB_MASTER_KEY to the secret this database was created with"
+            "set SECRETS_HUB_MASTER_KEY to the secret this database was created with "
+            "(while rotating, put the former secret in SECRETS_HUB_OLD_MASTER_KEYS)"
         ) from None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import click
@@ -92,22 +93,12 @@ def init() -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
 def serve(host: str, port: int, workers: int) -> None:
     """Run the web app (UI and REST API) with the granian production server; runs `init` first."""
-    from granian.constants import Interfaces
-    from granian.server import Server
-
     from secrets_hub.bootstrap import initialize
+    from secrets_hub.server import serve_wsgi
 
     settings = initialize()
     _note(f"secrets-hub on http://{host}:{port} ({settings.backend}, {workers} worker(s))")
-    Server(
-        "secrets_hub.app:create_app",
-        address=host,
-        port=port,
-        interface=Interfaces.WSGI,
-        workers=workers,
-        factory=True,
-        log_access=False,
-    ).serve()
+    serve_wsgi("secrets_hub.app:create_app", host, port, workers, factory=True)
 
 
 @cli.group()
@@ -292,6 +283,129 @@ def skills(as_json: bool) -> None:
             kind = "required" if requirement["required"] else "optional"
             where = f"  (get it at {requirement['obtain_url']})" if requirement["obtain_url"] and not requirement["set"] else ""
             click.echo(f"  {requirement['key']}\t{kind}\t{state}\t{requirement['description']}{where}")
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Any]:
+    """A progress bar on stderr (stdout stays clean for scripts); yields the callback the services call."""
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+@cli.command("rotate-master-key")
+def rotate_master_key() -> None:
+    """Re-encrypt every secret and version under SECRETS_HUB_MASTER_KEY (former keys in SECRETS_HUB_OLD_MASTER_KEYS).
+
+    Batches commit one by one: stop it at any time and run it again to finish.
+    """
+    from secrets_hub import rotation
+
+    with _session() as caller:
+        with _progress(rotation.rows_to_rotate(), "Re-encrypting") as progress:
+            result = rotation.rotate_master_key(caller, progress)
+    _note(f"Re-encrypted {result['rotated']} rows; everything is under key id {result['key_id']} "
+          "and the key check names it.")
+    if result["failed"]:
+        _note(f"Failed their integrity check and were left as they were: {', '.join(result['failed'])}")
+        sys.exit(1)
+    _note("The former master secrets can now be removed from SECRETS_HUB_OLD_MASTER_KEYS.")
+
+
+@cli.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+def backup_command(file: Path) -> None:
+    """Write every secret, version, token record and user to FILE, encrypted under the master secret."""
+    from secrets_hub import backup
+
+    with _session() as caller:
+        with _progress(backup.count_secrets(), "Backing up") as progress:
+            held = backup.write_backup(caller, file, progress)
+    _note(f"Wrote {file}: {held['secrets']} secrets, {held['users']} users, {held['tokens']} tokens")
+
+
+@cli.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def restore_command(file: Path) -> None:
+    """Restore FILE (made by `backup` under the same master secret) into an empty instance."""
+    from secrets_hub import backup
+
+    with _session() as caller:
+        total = len(backup.read_backup(file)["secrets"])
+        with _progress(total, "Restoring") as progress:
+            held = backup.restore_backup(caller, file, progress)
+    _note(f"Restored {held['secrets']} secrets, {held['users']} users, {held['tokens']} tokens from {file}")
+
+
+@cli.command("import-legacy")
+@click.option("--from", "url", required=True, help="URL of the seed app's database.")
+@click.option("--legacy-secret", required=True, help="The seed's BETTER_AUTH_SECRET.")
+@click.option("--overwrite", is_flag=True, help="Replace secrets that already exist here.")
+def import_legacy_command(url: str, legacy_secret: str, overwrite: bool) -> None:
+    """Copy the secrets table of a seed-format database; exits 1 if some rows failed (the rest are imported)."""
+    from secrets_hub import legacy
+
+    with _session() as caller:
+        rows = legacy.read_legacy_rows(url)
+        with _progress(len(rows), "Importing") as progress:
+            report = legacy.import_legacy(caller, rows, legacy_secret, overwrite, progress)
+    _note(_outcome_summary(report.outcomes))
+    for failure in report.failed:
+        _note(f"failed: {failure}")
+    if report.failed:
+        sys.exit(1)
+
+
+def _outcome_summary(outcomes: dict[str, int]) -> str:
+    parts = [f"{outcomes.get(name, 0)} {name}" for name in ("created", "updated", "unchanged", "skipped")]
+    return "Imported: " + ", ".join(parts)
+
+
+@cli.command("import-env")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+def import_env_command(file: Any) -> None:
+    """Create or update a secret for each KEY=value line of a .env FILE (`-` for stdin).
+
+    Keys that are not SCREAMING_SNAKE_CASE are reported and skipped, never renamed; exits 1 if any were.
+    """
+    from secrets_hub import envfile
+
+    text = file.read()
+    with _session() as caller:
+        report = envfile.import_env(caller, text)
+    _note(_outcome_summary(report.outcomes))
+    for problem in report.problems:
+        _note(problem)
+    if report.problems:
+        sys.exit(1)
+
+
+@cli.command("export-env")
+@click.option("--only", "patterns", multiple=True, help="Only keys matching this glob (repeatable).")
+def export_env_command(patterns: tuple[str, ...]) -> None:
+    """Print the secrets as KEY="value" lines, for a .env file."""
+    from secrets_hub import envfile, service
+
+    with _session() as caller:
+        values = service.read_values(caller, patterns)
+    click.echo(envfile.format_env(values), nl=False)
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--only", "patterns", multiple=True, help="Only keys matching this glob (repeatable).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_command(patterns: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND with the secrets in its environment (nothing is written to disk); exits with its status.
+
+    Example: secrets-hub run --only 'OPENAI_*' -- python agent.py
+    """
+    import os
+
+    from secrets_hub import service
+    from secrets_hub.process import run_with_env
+
+    with _session() as caller:
+        values = service.read_values(caller, patterns)
+    sys.exit(run_with_env(list(command), {**os.environ, **values}))
 
 
 @cli.command("mcp")

@@ -50,6 +50,12 @@ class IntegrityCheckError(SecretsHubError):
     status = 500
 
 
+class BackupFileError(SecretsHubError):
+    """A backup file that is unreadable, damaged, foreign or of an unknown format."""
+
+    status = 400
+
+
 class DatabaseUnavailableError(SecretsHubError):
     status = 503
 

@@ -6,6 +6,9 @@ writers never read-then-write the same row: PostgreSQL's row lock and SQLite's w
 
 from __future__ import annotations
 
+import hmac
+from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -89,23 +92,24 @@ def _exists(key: str) -> bool:
     return db.session.execute(select(secrets_table.c.id).where(secrets_table.c.key == key)).first() is not None
 
 
-def create_secret(caller: Caller, key: str, value: str, description: str | None = None) -> dict[str, Any]:
-    """Store a new secret as its version 1."""
+def create_secret(caller: Caller, key: str, value: str, description: str | None = None, action: str = "create",
+                  created_at: datetime | None = None, updated_at: datetime | None = None) -> dict[str, Any]:
+    """Store a new secret as its version 1; imports pass the timestamps the secret had where it came from."""
     validate_key(key)
-    authorize(caller, WRITE, "create", key)
+    authorize(caller, WRITE, action, key)
     validate_description(description)
     sealed = _seal(key, value)
-    now = utcnow()
+    created_at = created_at or utcnow()
     row = {"id": new_uuid(), "key": key, "encrypted_value": sealed.encrypted_value, "iv": sealed.iv,
-           "description": description, "created_at": now, "updated_at": now, "created_by": caller.user_id,
-           "current_version": 1, "key_id": sealed.key_id}
+           "description": description, "created_at": created_at, "updated_at": updated_at or created_at,
+           "created_by": caller.user_id, "current_version": 1, "key_id": sealed.key_id}
     try:
         db.session.execute(insert(secrets_table), row)
-        _add_version(caller, row["id"], 1, sealed, now)
-        audit.record(caller, "create", key, "ok")
+        _add_version(caller, row["id"], 1, sealed, created_at)
+        audit.record(caller, action, key, "ok")
         db.session.commit()
     except IntegrityError:
-        audit.record_now(caller, "create", key, "conflict")
+        audit.record_now(caller, action, key, "conflict")
         raise ConflictError(f'Secret with key "{key}" already exists') from None
     runtime().plugins.secret_changed(key, "create")
     return {name: row[name] for name in ("id", "key", "description", "created_at", "updated_at")}
@@ -153,7 +157,8 @@ def update_secret(caller: Caller, key: str, value: str = UNSET, description: str
         _add_version(caller, row["id"], row["current_version"], sealed, now)
     audit.record(caller, action, key, "ok")
     db.session.commit()
-    runtime().plugins.secret_changed(key, action)
+    # Plugins hear what happened to the secret; how it happened (an import, say) is the audit log's to tell.
+    runtime().plugins.secret_changed(key, "restore" if action == "restore" else "update")
     return {**row, "version": row["current_version"]}
 
 
@@ -168,6 +173,53 @@ def put_secret(caller: Caller, key: str, value: str, description: str | None = N
         return 1
     except ConflictError:  # created by someone else between the check and the insert
         return update_secret(caller, key, value=value, **extra)["version"]
+
+
+def import_secret(caller: Caller, key: str, value: str, description: str | None = UNSET, overwrite: bool = True,
+                  created_at: datetime | None = None, updated_at: datetime | None = None) -> str:
+    """Bring one secret in from outside (a .env file, the seed's database); safe to repeat.
+
+    Returns "created", "updated", "unchanged" (same value and description: no new version) or
+    "skipped" (it exists and `overwrite` is off).
+    """
+    validate_key(key)
+    authorize(caller, WRITE, "import", key)
+    row = db.session.execute(
+        select(secrets_table.c.encrypted_value, secrets_table.c.iv, secrets_table.c.key_id,
+               secrets_table.c.description).where(secrets_table.c.key == key)).first()
+    if row is None:
+        try:
+            create_secret(caller, key, value, None if description is UNSET else description, "import",
+                          created_at, updated_at)
+            return "created"
+        except ConflictError:  # created by someone else since the lookup: it exists now
+            return import_secret(caller, key, value, description, overwrite)
+    if not overwrite:
+        audit.record_now(caller, "import", key, "skipped")
+        return "skipped"
+    if _same_value(row, key, value) and description in (UNSET, row.description):
+        audit.record_now(caller, "import", key, "unchanged")
+        return "unchanged"
+    update_secret(caller, key, value=value, description=description, action="import")
+    return "updated"
+
+
+def _same_value(row: Any, key: str, value: str) -> bool:
+    try:
+        current = runtime().keyring.decrypt(row.encrypted_value, row.iv, row.key_id, key)
+    except DecryptionError:  # a damaged value is replaced, not compared
+        return False
+    return hmac.compare_digest(current.encode(), value.encode())
+
+
+def read_values(caller: Caller, patterns: tuple[str, ...] = ()) -> dict[str, str]:
+    """The values of every secret the caller may read whose key matches one of `patterns` (all when empty).
+
+    Each value read is audited like any other read.
+    """
+    keys = [row["key"] for row in list_secrets(caller)
+            if not patterns or any(fnmatchcase(row["key"], pattern) for pattern in patterns)]
+    return {key: read_secret(caller, key)["value"] for key in keys}
 
 
 def delete_secret(caller: Caller, key: str) -> None:

@@ -1,0 +1,64 @@
+-- The requests of bench/run.py, for wrk:
+--   wrk ... -s bench/wrk.lua URL -- TARGET OPERATION TOKEN KEYS
+-- TARGET is hub (secrets-hub), bao (OpenBao KV v2 at secret/) or floor (bench/floor_app.py);
+-- OPERATION is read, list or write; KEYS is how many BENCH_KEY_nnnnn secrets were filled.
+-- done() prints one line `BENCH {json}` that run.py parses.
+
+local threads = {}
+
+function setup(thread)
+  -- Threads start at different keys, so they do not walk the same rows in step.
+  thread:set("counter", #threads * 7919)
+  table.insert(threads, thread)
+end
+
+local target, operation, keys, headers
+
+function init(args)
+  target, operation, keys = args[1], args[2], tonumber(args[4])
+  if target == "bao" then
+    headers = {["X-Vault-Token"] = args[3]}
+  else
+    headers = {["Authorization"] = "Bearer " .. args[3]}
+  end
+  headers["Content-Type"] = "application/json"
+end
+
+local function next_key()
+  counter = counter + 1
+  return string.format("BENCH_KEY_%05d", counter % keys)
+end
+
+function request()
+  if target == "bao" then
+    if operation == "read" then
+      return wrk.format("GET", "/v1/secret/data/" .. next_key(), headers)
+    elseif operation == "list" then
+      return wrk.format("LIST", "/v1/secret/metadata/", headers)
+    else
+      local key = next_key()
+      return wrk.format("POST", "/v1/secret/data/" .. key, headers,
+        string.format('{"data":{"value":"written-%s-%d"}}', key, counter))
+    end
+  end
+  -- secrets-hub, and the floor, which answers the read path with a constant body
+  if operation == "read" then
+    return wrk.format("GET", "/api/secrets/" .. next_key(), headers)
+  elseif operation == "list" then
+    return wrk.format("GET", "/api/secrets", headers)
+  else
+    local key = next_key()
+    return wrk.format("PUT", "/api/secrets/" .. key, headers,
+      string.format('{"value":"written-%s-%d"}', key, counter))
+  end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  -- errors.status counts responses with a status of 400 or more; the others are socket errors and timeouts.
+  io.write(string.format(
+    'BENCH {"requests": %d, "duration_us": %d, "p50_us": %.0f, "p99_us": %.0f, ' ..
+    '"bad_status": %d, "socket_errors": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
