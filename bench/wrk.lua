@@ -29,16 +29,22 @@ local function next_key()
   return string.format("BENCH_KEY_%05d", counter % keys)
 end
 
+-- A write stores the value the key was filled with (run.py's value_of): still a new version, sealed and
+-- audited, on both servers, and later rows can still check every value they read.
+local function filled_value()
+  return string.format("bench-value-%05d-%s", counter % keys, string.rep("v", 32))
+end
+
 function request()
   if target == "bao" then
     if operation == "read" then
       return wrk.format("GET", "/v1/secret/data/" .. next_key(), headers)
     elseif operation == "list" then
-      return wrk.format("LIST", "/v1/secret/metadata/", headers)
+      return wrk.format("GET", "/v1/secret/metadata/?list=true", headers)
     else
       local key = next_key()
       return wrk.format("POST", "/v1/secret/data/" .. key, headers,
-        string.format('{"data":{"value":"written-%s-%d"}}', key, counter))
+        string.format('{"data":{"value":"%s"}}', filled_value()))
     end
   end
   -- secrets-hub, and the floor, which answers the read path with a constant body
@@ -49,7 +55,7 @@ function request()
   else
     local key = next_key()
     return wrk.format("PUT", "/api/secrets/" .. key, headers,
-      string.format('{"value":"written-%s-%d"}', key, counter))
+      string.format('{"value":"%s"}', filled_value()))
   end
 end
 

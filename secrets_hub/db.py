@@ -44,17 +44,20 @@ def utcnow() -> datetime:
 def engine_options(database_url: str) -> dict:
     """Pool settings: PostgreSQL keeps a checked pool; SQLite needs none beyond the pragmas below."""
     if database_url.startswith("postgresql"):
-        return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
+        # connect_timeout bounds how long a request waits on an unreachable server before its 503.
+        return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "pool_recycle": 1800,
+                "connect_args": {"connect_timeout": 5}}
     return {}
 
 
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, _record):
-    # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing.
+    # WAL lets readers run beside the one writer; busy_timeout makes a writer retry a locked database
+    # for up to 5 s before the request is answered 503 "Database unavailable".
     if isinstance(dbapi_connection, sqlite3.Connection):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

@@ -44,6 +44,14 @@ class ConflictError(SecretsHubError):
     status = 409
 
 
+class UnsupportedMediaTypeError(SecretsHubError):
+    status = 415
+
+
+class TooManyRequestsError(SecretsHubError):
+    status = 429
+
+
 class IntegrityCheckError(SecretsHubError):
     """A ciphertext failed its GCM check: tampered with, moved to another row, or under an unknown key."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from flask import Flask
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 
@@ -10,6 +12,8 @@ from secrets_hub import users
 
 login_manager = LoginManager()
 csrf = CSRFProtect()
+# Counters live in SECRETS_HUB_RATELIMIT_STORAGE, so with Redis every process and node shares them.
+limiter = Limiter(key_func=get_remote_address)
 
 
 @login_manager.user_loader
@@ -17,11 +21,30 @@ def _load_user(session_id: str):
     return users.load_session_user(session_id)
 
 
+# Only our own static files may run or style anything; no page may be framed, no address leaks onward.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+def _security_headers(response):
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 def init_app(app: Flask) -> None:
     from secrets_hub.web import api, errors, pages
 
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.extensions["secrets_hub"].settings.ratelimit_storage)
-    pages.limiter.init_app(app)
+    limiter.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "pages.login"
     csrf.init_app(app)
@@ -32,3 +55,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(api.health_bp)
     app.register_blueprint(pages.bp)
     errors.init_app(app)
+    app.after_request(_security_headers)

@@ -6,13 +6,15 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 from flask_login import current_user
+from limits import parse as parse_limit
 from marshmallow import Schema
 
 from secrets_hub import audit, auth, bootstrap, schemas, service, tokens
 from secrets_hub.db import db
-from secrets_hub.errors import AuthenticationError, ValidationError
+from secrets_hub.errors import AuthenticationError, TooManyRequestsError, UnsupportedMediaTypeError, ValidationError
 from secrets_hub.runtime import runtime
 from secrets_hub.validation import parse_duration, validate_version
+from secrets_hub.web import csrf, limiter
 from secrets_hub.web.openapi import build_spec, operation
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -21,10 +23,16 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 VERSION_QUERY = {"name": "version", "required": False, "schema": {"type": "integer", "minimum": 1}}
 IF_MATCH = {"name": "If-Match", "required": False, "schema": {"type": "string"},
             "description": "Check-and-set: the version the change is based on (3 or \"3\")"}
+# Failed authentications per address: a guesser is stopped, with every request from that address, for a minute.
+AUTH_FAILURE_LIMIT = parse_limit("30 per minute")
 ETAG = {"ETag": {"description": "The version of the value, quoted", "schema": {"type": "string"}}}
 
 
 def _body(schema: Schema) -> dict[str, Any]:
+    # A body declared as something else (a form, plain text, multipart) is refused, never guessed at;
+    # one with no Content-Type at all is read as JSON, as the seed did.
+    if request.mimetype and not request.is_json:
+        raise UnsupportedMediaTypeError("Content-Type must be application/json")
     try:
         data = request.get_json(force=True, silent=True)
     except RecursionError:  # absurdly nested JSON: refuse it like any other bad body
@@ -46,21 +54,27 @@ def authenticate() -> None:
     if getattr(current_app.view_functions.get(request.endpoint), "public", False):
         return
     header = request.headers.get("Authorization")
-    if header is not None:
-        scheme, _, raw = header.partition(" ")
-        if scheme.lower() != "bearer" or not raw.strip():
-            audit.record_now(auth.anonymous("rest", request.remote_addr), "authenticate", None, "denied")
-            raise AuthenticationError()
-        g.caller = auth.authenticate_token(raw.strip(), "rest", request.remote_addr)
-    elif current_user.is_authenticated:
+    if header is None and current_user.is_authenticated:
         if request.method not in SAFE_METHODS:
-            from secrets_hub.web import csrf
-
             csrf.protect()
         g.caller = auth.caller_for_user(current_user, "ui", request.remote_addr)
-    else:
+        return
+    # Checked before the token, so a blocked address learns nothing from the answer, right or wrong.
+    if not limiter.limiter.test(AUTH_FAILURE_LIMIT, "api-auth-failures", request.remote_addr):
+        raise TooManyRequestsError("Too many failed authentications; try again in a minute")
+    try:
+        g.caller = _bearer_caller(header)
+    except AuthenticationError:
+        limiter.limiter.hit(AUTH_FAILURE_LIMIT, "api-auth-failures", request.remote_addr)
+        raise
+
+
+def _bearer_caller(header: str | None) -> auth.Caller:
+    scheme, _, raw = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
         audit.record_now(auth.anonymous("rest", request.remote_addr), "authenticate", None, "denied")
         raise AuthenticationError()
+    return auth.authenticate_token(raw.strip(), "rest", request.remote_addr)
 
 
 @bp.after_request

@@ -20,6 +20,8 @@ ERROR_DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict",
     413: "Value or body too large",
+    415: "Body is not declared as JSON",
+    429: "Too many failed authentications from this address",
     500: "Integrity check failed",
     503: "Database unavailable",
 }
@@ -90,7 +92,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
         if doc.response_headers:
             success["headers"] = doc.response_headers
         responses: dict[str, Any] = {"200": success}
-        for status in (*doc.errors, *(() if doc.public else (401,))):
+        # What any authenticated route, and any route with a body, may answer besides its own errors.
+        implied = (() if doc.public else (401, 429, 503)) + ((400, 413, 415) if doc.body is not None else ())
+        for status in sorted({*doc.errors, *implied}):
             responses[str(status)] = {
                 "description": ERROR_DESCRIPTIONS[status],
                 "content": {"application/json": {"schema": "Error"}},

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 
 from secrets_hub import __version__, auth, bootstrap, users
 from secrets_hub.db import db
 from secrets_hub.errors import ConflictError, ValidationError
 from secrets_hub.runtime import runtime
+from secrets_hub.web import limiter
 
 bp = Blueprint("pages", __name__)
-limiter = Limiter(key_func=get_remote_address)
 TABS = ("account", "secrets", "tokens", "skills", "audit", "app")
 LOGIN_LIMIT = "5 per minute"
 TOO_MANY_LOGINS = "Too many failed sign-ins. Wait a minute and try again."
