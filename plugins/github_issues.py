@@ -43,6 +43,6 @@ def open_issues(repo: str, hub=None) -> list[dict]:
         f"https://api.github.com/repos/{repo}/issues?state=open&per_page=100",
         headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"},
     )
-    with urllib.request.urlopen(request, timeout=15) as response:
+    with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310 - a fixed https address
         issues = json.load(response)
     return [{"number": i["number"], "title": i["title"]} for i in issues if "pull_request" not in i]

@@ -46,13 +46,15 @@ def summarize(text: str, hub=None, model: str = "gpt-4o-mini") -> str:
     """A three-sentence summary of `text`."""
     secrets = (hub or _hub).secrets_for(SKILL)
     base_url = secrets.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    if not base_url.startswith(("https://", "http://")):
+        raise ValueError("OPENAI_BASE_URL must be an http(s) address")
     body = {"model": model, "messages": [
         {"role": "system", "content": "Summarise the user's text in at most three sentences."},
         {"role": "user", "content": text},
     ]}
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - scheme checked above
         f"{base_url.rstrip('/')}/chat/completions", data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {secrets['OPENAI_API_KEY']}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - scheme checked above
         return json.load(response)["choices"][0]["message"]["content"]

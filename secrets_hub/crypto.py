@@ -28,7 +28,7 @@ BACKUP_LABEL = b"secrets-hub/backup/v1"
 NONCE_BYTES = 12
 
 LEGACY_SALT = b"second-brain-secrets-salt"
-TOKEN_PREFIX = "shub_"
+TOKEN_PREFIX = "shub_"  # noqa: S105 - a public prefix, not a secret
 
 
 @dataclass(frozen=True)

@@ -892,9 +892,9 @@ def test_no_value_and_no_token_in_the_audit_log_or_metadata(client, auth):
     audit = client.get("/api/audit?limit=1000", headers=auth).get_data(as_text=True)
     assert "CANARY" in audit and "canary-token" in audit
     texts = [audit] + [r.get_data(as_text=True) for r in responses]
-    for text in texts:
+    for body in texts:
         for secret in (canary, created, created[5:], hashlib.sha256(created.encode()).hexdigest(), forged):
-            assert secret not in text
+            assert secret not in body
 
 
 # ---- tokens -----------------------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_hkdf_labels_give_three_different_keys():
     root = crypto._root_key(master)
     assert root not in keys
     # Each key is HKDF-SHA256 of the scrypt root with its label as info.
-    for label, key in zip((crypto.ENCRYPTION_LABEL, crypto.SESSION_LABEL, crypto.BACKUP_LABEL), keys):
+    for label, key in zip((crypto.ENCRYPTION_LABEL, crypto.SESSION_LABEL, crypto.BACKUP_LABEL), keys, strict=True):
         assert key == HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(root)
 
 

@@ -1,7 +1,7 @@
 """Initial schema: the seed's secrets table plus versions, users, API tokens, audit events and meta.
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-28
 """
 import sqlalchemy as sa
