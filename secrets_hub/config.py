@@ -105,7 +105,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
 
 def ensure_master_key(settings: Settings) -> Settings:
     """Create the instance folder and, when no master secret is configured, generate the key file."""
-    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    settings.instance_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if settings.master_key:
         return settings
     key_file = settings.master_key_file
