@@ -33,8 +33,11 @@ class SessionInterface(SecureCookieSessionInterface):
         return request.is_secure or super().get_cookie_secure(app)
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app from the environment plus `config`; the database must have been initialised."""
+def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> Flask:
+    """Build the app from the environment plus `config`; the database must have been initialised.
+
+    `web=False` leaves out the HTTP side (routes, sessions, CSRF, rate limits), for the command line.
+    """
     settings = load_settings(config)
     if not settings.master_key:
         raise ConfigError("No master key is configured: run `secrets-hub init`, or set SECRETS_HUB_MASTER_KEY")
@@ -60,13 +63,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.testing = bool((config or {}).get("TESTING"))
     app.session_interface = SessionInterface()
-    plugins = load_plugins(settings.plugins_dir, settings.load_entrypoints)
-    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=plugins)
+    loaded = load_plugins(settings.plugins_dir, settings.load_entrypoints)
+    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=loaded)
     db.init_app(app)
+    if web:
+        from secrets_hub import web as http
 
-    from secrets_hub import web
-
-    web.init_app(app)
+        http.init_app(app)
     with app.app_context():
         try:
             bootstrap.check_master_key(db.engine, keyring)
@@ -74,5 +77,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             db.engine.dispose()  # a refused start must not leave a connection open
             raise
     hub = app.extensions["secrets_hub.hub"] = Hub(app)
-    plugins.startup(hub)
+    loaded.startup(hub)
     return app

@@ -25,13 +25,16 @@ def _json(schema: Any, rows: Any) -> None:
 
 @contextmanager
 def _session() -> Iterator[Any]:
-    """An app context and the operator as caller; domain errors become one line and exit status 1."""
+    """An app context and the operator as caller; domain errors become one line and exit status 1.
+
+    No HTTP side (routes, sessions, CSRF, rate limits) is built: that keeps `secrets-hub get` fast.
+    """
     import getpass
 
     from secrets_hub.app import create_app
     from secrets_hub.auth import operator
 
-    app = create_app()
+    app = create_app(web=False)
     with app.app_context():
         yield operator(getpass.getuser())
 
