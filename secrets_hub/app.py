@@ -9,6 +9,7 @@ from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 
 from secrets_hub import bootstrap
+from secrets_hub.audit import GroupCommitWriter
 from secrets_hub.config import load_settings
 from secrets_hub.crypto import SESSION_LABEL, Keyring, derive_key
 from secrets_hub.db import db, engine_options
@@ -64,8 +65,11 @@ def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> 
     app.testing = bool((config or {}).get("TESTING"))
     app.session_interface = SessionInterface()
     loaded = load_plugins(settings.plugins_dir, settings.load_entrypoints)
-    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=loaded)
     db.init_app(app)
+    with app.app_context():
+        audit_writer = GroupCommitWriter(db.engine)
+    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=loaded,
+                                            audit_writer=audit_writer)
     if web:
         from secrets_hub import web as http
 

@@ -1,37 +1,45 @@
-"""The audit log: who did what to which key, through which channel, with what outcome. Never a value."""
+"""The audit log: who did what to which key, through which channel, with what outcome. Never a value.
+
+Two ways in. An event about a change is added to the change's own transaction (`record`), so the
+two commit or vanish together. An event that stands alone, above all a read of a value, goes through
+the process's `GroupCommitWriter` (`record_now`): concurrent requests hand their events to one
+thread, which writes everything waiting in a single transaction, and each request waits until its
+own event is committed before it answers. Nothing is acknowledged unaudited, so nothing is lost; and
+readers share one commit instead of queueing for the write lock (SQLite) or an fsync (PostgreSQL)
+one by one.
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, insert, select
 
 from secrets_hub.db import db, utcnow
+from secrets_hub.errors import DatabaseUnavailableError
 from secrets_hub.models import AuditEvent
 
 if TYPE_CHECKING:
     from secrets_hub.auth import Caller
 
 MAX_LIMIT = 1000
+MAX_BATCH = 500
+# A writer that has not answered by then is stuck (the database hangs): the request fails, unanswered.
+WAIT_SECONDS = 30
+
+
+def _event(caller: "Caller", action: str, key: str | None, outcome: str) -> dict[str, Any]:
+    """`key` names the subject: the secret's key, or for token and user actions the token name or email."""
+    return {"at": utcnow(), "actor": _printable(caller.actor), "channel": caller.channel, "action": action,
+            "key": _printable(key), "outcome": outcome, "remote_addr": caller.remote_addr}
 
 
 def record(caller: "Caller", action: str, key: str | None, outcome: str) -> None:
-    """Add an event to the current transaction; the caller commits it with the change it describes.
-
-    `key` names the subject: the secret's key, or for token and user actions the token name or email.
-    """
-    db.session.execute(
-        insert(AuditEvent),
-        {
-            "at": utcnow(),
-            "actor": _printable(caller.actor),
-            "channel": caller.channel,
-            "action": action,
-            "key": _printable(key),
-            "outcome": outcome,
-            "remote_addr": caller.remote_addr,
-        },
-    )
+    """Add an event to the current transaction; the caller commits it with the change it describes."""
+    db.session.execute(insert(AuditEvent), _event(caller, action, key, outcome))
 
 
 def _printable(text: str | None) -> str | None:
@@ -40,10 +48,63 @@ def _printable(text: str | None) -> str | None:
 
 
 def record_now(caller: "Caller", action: str, key: str | None, outcome: str) -> None:
-    """Write an event in a transaction of its own (refusals and reads, which change nothing else)."""
+    """Commit an event that stands alone (a read, a refusal); returns once it is in the database."""
+    # Let go of any open transaction first: on SQLite it may hold the write lock the writer needs.
     db.session.rollback()
-    record(caller, action, key, outcome)
-    db.session.commit()
+    from secrets_hub.runtime import runtime
+
+    runtime().audit_writer.write(_event(caller, action, key, outcome))
+
+
+@dataclass
+class _Pending:
+    row: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class GroupCommitWriter:
+    """One thread per process that commits the events waiting for it together (see the module docstring)."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def write(self, row: dict[str, Any]) -> None:
+        pending = _Pending(row)
+        self._queue.put(pending)
+        self._ensure_running()
+        if not pending.done.wait(WAIT_SECONDS):
+            raise DatabaseUnavailableError()
+        if pending.error is not None:
+            raise pending.error
+
+    def _ensure_running(self) -> None:
+        # Started on first use, so a server that forks workers after loading the app gets one per worker.
+        if self._thread is None or not self._thread.is_alive():
+            with self._start_lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                with self._engine.begin() as connection:
+                    connection.execute(insert(AuditEvent), [pending.row for pending in batch])
+            except Exception as error:  # noqa: BLE001 - handed to every waiting request, which fails with it
+                for pending in batch:
+                    pending.error = error
+            for pending in batch:
+                pending.done.set()
 
 
 def list_events(key: str | None = None, actor: str | None = None, limit: int = 100,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 
+from secrets_hub.audit import GroupCommitWriter
 from secrets_hub.config import Settings
 from secrets_hub.crypto import Keyring
 from secrets_hub.plugins import Plugins
@@ -16,6 +17,7 @@ class Runtime:
     settings: Settings
     keyring: Keyring
     plugins: Plugins
+    audit_writer: GroupCommitWriter
     # token hash -> (monotonic expiry, record or None); see auth.TOKEN_CACHE_SECONDS
     token_cache: dict = field(default_factory=dict)
 
