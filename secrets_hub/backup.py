@@ -142,8 +142,8 @@ def _instance_holds() -> dict[str, int]:
             for name, table in (("secrets", secrets_table), ("users", users_table), ("tokens", tokens_table))}
 
 
-def restore_backup(caller: Caller, path: Path, progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
-    """Bring back everything in the file, in one transaction, into an instance that holds nothing yet."""
+def open_for_restore(caller: Caller, path: Path) -> dict[str, Any]:
+    """Check everything a restore needs before it starts: the caller, the file, an empty instance."""
     authorize(caller, ADMIN, "restore_backup")
     payload = read_backup(path)
     held = _instance_holds()
@@ -151,6 +151,12 @@ def restore_backup(caller: Caller, path: Path, progress: Callable[[int], None] =
         raise ConflictError(
             "Restore needs an empty instance; this one holds "
             f"{held['secrets']} secrets, {held['users']} users and {held['tokens']} tokens")
+    return payload
+
+
+def restore_backup(caller: Caller, payload: dict[str, Any], progress: Callable[[int], None] = lambda n: None
+                   ) -> dict[str, int]:
+    """Bring back everything `open_for_restore` read, in one transaction."""
     keyring, session = runtime().keyring, db.session
     if payload["users"]:
         session.execute(insert(users_table), [_load(users_table, u) for u in payload["users"]])

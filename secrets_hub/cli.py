@@ -14,6 +14,9 @@ from typing import Any, Iterator
 import click
 
 
+MASTER_SECRET_VARIABLES = frozenset({"SECRETS_HUB_MASTER_KEY", "SECRETS_HUB_OLD_MASTER_KEYS", "BETTER_AUTH_SECRET"})
+
+
 def _note(message: str) -> None:
     click.echo(message, err=True)
 
@@ -320,6 +323,8 @@ def backup_command(file: Path) -> None:
     """Write every secret, version, token record and user to FILE, encrypted under the master secret."""
     from secrets_hub import backup
 
+    if not file.resolve().parent.is_dir():
+        raise click.ClickException(f"Cannot write {file}: its folder does not exist")
     with _session() as caller:
         with _progress(backup.count_secrets(), "Backing up") as progress:
             held = backup.write_backup(caller, file, progress)
@@ -333,9 +338,9 @@ def restore_command(file: Path) -> None:
     from secrets_hub import backup
 
     with _session() as caller:
-        total = len(backup.read_backup(file)["secrets"])
-        with _progress(total, "Restoring") as progress:
-            held = backup.restore_backup(caller, file, progress)
+        payload = backup.open_for_restore(caller, file)
+        with _progress(len(payload["secrets"]), "Restoring") as progress:
+            held = backup.restore_backup(caller, payload, progress)
     _note(f"Restored {held['secrets']} secrets, {held['users']} users, {held['tokens']} tokens from {file}")
 
 
@@ -364,7 +369,7 @@ def _outcome_summary(outcomes: dict[str, int]) -> str:
 
 
 @cli.command("import-env")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))
 def import_env_command(file: Any) -> None:
     """Create or update a secret for each KEY=value line of a .env FILE (`-` for stdin).
 
@@ -372,7 +377,10 @@ def import_env_command(file: Any) -> None:
     """
     from secrets_hub import envfile
 
-    text = file.read()
+    try:
+        text = file.read().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file.name} is not UTF-8 text") from None
     with _session() as caller:
         report = envfile.import_env(caller, text)
     _note(_outcome_summary(report.outcomes))
@@ -408,7 +416,9 @@ def run_command(patterns: tuple[str, ...], command: tuple[str, ...]) -> None:
 
     with _session() as caller:
         values = service.read_values(caller, patterns)
-    sys.exit(run_with_env(list(command), {**os.environ, **values}))
+    # The command gets the secrets it asked for, never the master secret that opens all of them.
+    inherited = {name: value for name, value in os.environ.items() if name not in MASTER_SECRET_VARIABLES}
+    sys.exit(run_with_env(list(command), {**inherited, **values}))
 
 
 @cli.command("mcp")

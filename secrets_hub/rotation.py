@@ -26,7 +26,8 @@ versions_table = SecretVersion.__table__
 
 
 def rows_to_rotate() -> int:
-    """How many secret and version rows are not yet under the current key."""
+    """How many secret and version rows are not yet under the current key (refusing unconfigured keys first)."""
+    _check_keys_configured()
     current = runtime().keyring.key_id
     return sum(
         db.session.execute(select(func.count()).where(table.c.key_id != current)).scalar_one()
