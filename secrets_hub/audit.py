@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
 
 from secrets_hub.db import db, utcnow
 from secrets_hub.errors import DatabaseUnavailableError
@@ -25,6 +25,7 @@ from secrets_hub.models import AuditEvent
 if TYPE_CHECKING:
     from secrets_hub.auth import Caller
 
+audit_table = AuditEvent.__table__
 MAX_LIMIT = 1000
 MAX_BATCH = 500
 # A writer that has not answered by then is stuck (the database hangs): the request fails, unanswered.
@@ -39,7 +40,7 @@ def _event(caller: "Caller", action: str, key: str | None, outcome: str) -> dict
 
 def record(caller: "Caller", action: str, key: str | None, outcome: str) -> None:
     """Add an event to the current transaction; the caller commits it with the change it describes."""
-    db.session.execute(insert(AuditEvent), _event(caller, action, key, outcome))
+    db.session.execute(audit_table.insert(), _event(caller, action, key, outcome))
 
 
 def _printable(text: str | None) -> str | None:
@@ -90,6 +91,7 @@ class GroupCommitWriter:
                     self._thread.start()
 
     def _run(self) -> None:
+        connection = None  # kept open between batches; replaced after any failure
         while True:
             batch = [self._queue.get()]
             while len(batch) < MAX_BATCH:
@@ -97,13 +99,23 @@ class GroupCommitWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                with self._engine.begin() as connection:
-                    connection.execute(insert(AuditEvent), [pending.row for pending in batch])
-            except Exception as error:  # noqa: BLE001 - handed to every waiting request, which fails with it
-                for pending in batch:
-                    pending.error = error
+            error = None
+            # A kept connection may have died since the last batch (a database restart): retry once on a new one.
+            for _attempt in range(2):
+                try:
+                    connection = connection or self._engine.connect()
+                    connection.execute(audit_table.insert(), [pending.row for pending in batch])
+                    connection.commit()
+                    error = None
+                    break
+                except Exception as failure:  # noqa: BLE001 - handed to every waiting request, which fails with it
+                    error = failure
+                    if connection is not None:
+                        connection.invalidate()
+                        connection.close()
+                    connection = None
             for pending in batch:
+                pending.error = error
                 pending.done.set()
 
 
