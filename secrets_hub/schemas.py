@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -211,3 +212,38 @@ tokens_schema = TokenSchema(many=True)
 token_created_schema = TokenCreatedSchema()
 revoked_schema = RevokedSchema()
 skills_schema = SkillSchema(many=True)
+
+
+# Field types whose dump is a plain function of the attribute's value, for `dump_rows`.
+_FLAT_FIELDS: dict[type[fields.Field], Callable[[Any], Any]] = {
+    fields.String: lambda value: value,
+    fields.Integer: lambda value: value,
+    fields.Boolean: lambda value: value,
+    UTCDateTime: lambda value: None if value is None else isoformat(value),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _flat_plan(schema_class: type[Schema]) -> tuple[tuple[str, str, Callable[[Any], Any]], ...] | None:
+    """(output name, attribute, conversion) for each field, if every field is flat; else None."""
+    plan = []
+    for name, field in schema_class().fields.items():
+        convert = _FLAT_FIELDS.get(type(field))
+        if convert is None:
+            return None
+        plan.append((field.data_key or name, field.attribute or name, convert))
+    return tuple(plan)
+
+
+def dump_rows(schema: Schema, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`schema.dump(rows)` for a many-schema of flat fields, without marshmallow's per-field overhead.
+
+    A list of 1,000 secrets is the API's largest routine answer; marshmallow spends most of its time
+    there. The output is the schema's own (names and conversions come from its fields), and schemas
+    with nested or list fields go through marshmallow itself.
+    """
+    plan = _flat_plan(type(schema))
+    if plan is None:
+        return schema.dump(rows, many=True)
+    return [{name: convert(row[attribute]) for name, attribute, convert in plan} for row in rows]
+

@@ -41,7 +41,7 @@ def _body(schema: Schema) -> dict[str, Any]:
 
 
 def _data(schema: Schema, payload: Any):
-    return jsonify({"data": schema.dump(payload)})
+    return jsonify({"data": schemas.dump_rows(schema, payload) if schema.many else schema.dump(payload)})
 
 
 def _caller() -> auth.Caller:
