@@ -51,6 +51,9 @@ def init_app(app: Flask) -> None:
     # The API checks CSRF itself, and only for cookie-authenticated writes: Bearer clients have no cookie to forge.
     csrf.exempt(api.bp)
     csrf.exempt(api.health_bp)
+    # Werkzeug would answer `/api/secrets//OTHER` with a redirect to `/api/secrets/OTHER`, which clients
+    # follow with the same method: a DELETE aimed at one odd key would delete another secret.
+    app.url_map.merge_slashes = False
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health_bp)
     app.register_blueprint(pages.bp)
