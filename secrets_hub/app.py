@@ -28,7 +28,16 @@ def _asset_folder(name: str) -> str:
 
 
 class SessionInterface(SecureCookieSessionInterface):
-    """Mark the session cookie `Secure` whenever the request came over HTTPS."""
+    """Mark the session cookie `Secure` whenever the request came over HTTPS.
+
+    A request with an Authorization header is a token client: its cookie, if any, is not read
+    (and no session is built for it), which keeps the token path lean.
+    """
+
+    def open_session(self, app: Flask, request):
+        if "Authorization" in request.headers:
+            return self.session_class()
+        return super().open_session(app, request)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure or super().get_cookie_secure(app)

@@ -91,7 +91,7 @@ class GroupCommitWriter:
                     self._thread.start()
 
     def _run(self) -> None:
-        connection = None  # kept open between batches; replaced after any failure
+        connection = None  # kept while events keep coming; back to the pool when idle, so it can be disposed
         while True:
             batch = [self._queue.get()]
             while len(batch) < MAX_BATCH:
@@ -117,6 +117,9 @@ class GroupCommitWriter:
             for pending in batch:
                 pending.error = error
                 pending.done.set()
+            if connection is not None and self._queue.empty():
+                connection.close()
+                connection = None
 
 
 def list_events(key: str | None = None, actor: str | None = None, limit: int = 100,

@@ -67,17 +67,15 @@ def read_secret(caller: Caller, key: str, version: int | None = None) -> dict[st
     """Decrypt the current value, or version `version`; every read is audited."""
     _authorize_lookup(caller, READ, "read", key)
     if version is None:
-        row = db.session.execute(
+        row = _read_one(
             select(secrets_table.c.encrypted_value, secrets_table.c.iv, secrets_table.c.key_id,
-                   secrets_table.c.current_version.label("version")).where(secrets_table.c.key == key)
-        ).first()
+                   secrets_table.c.current_version.label("version")).where(secrets_table.c.key == key))
     else:
-        row = db.session.execute(
+        row = _read_one(
             select(versions_table.c.encrypted_value, versions_table.c.iv, versions_table.c.key_id,
                    versions_table.c.version)
             .join(secrets_table, secrets_table.c.id == versions_table.c.secret_id)
-            .where(secrets_table.c.key == key, versions_table.c.version == version)
-        ).first()
+            .where(secrets_table.c.key == key, versions_table.c.version == version))
     if row is None:
         audit.record_now(caller, "read", key, "not_found")
         if version is not None and _exists(key):
@@ -86,6 +84,13 @@ def read_secret(caller: Caller, key: str, version: int | None = None) -> dict[st
     value = _open(caller, "read", key, row)
     audit.record_now(caller, "read", key, "ok")
     return {"key": key, "value": value, "version": row.version}
+
+
+def _read_one(statement: Any) -> Any:
+    """One row, read on a pooled connection outside the session: the hot read path opens no ORM
+    transaction, so there is none to end before its audit event is written."""
+    with db.engine.connect() as connection:
+        return connection.execute(statement).first()
 
 
 def _exists(key: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
@@ -57,5 +57,8 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health_bp)
     app.register_blueprint(pages.bp)
+    # Only sign-in carries a flask-limiter limit (the API counts failed authentications itself), so
+    # every other request skips the limiter's per-request work.
+    limiter.request_filter(lambda: request.blueprint != pages.bp.name)
     errors.init_app(app)
     app.after_request(_security_headers)
