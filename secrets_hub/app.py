@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
+from sqlalchemy.exc import DBAPIError
 
 from secrets_hub import bootstrap
 from secrets_hub.audit import GroupCommitWriter
@@ -43,6 +44,13 @@ class SessionInterface(SecureCookieSessionInterface):
         return request.is_secure or super().get_cookie_secure(app)
 
 
+def _end_session(_error: BaseException | None) -> None:
+    try:
+        db.session.remove()
+    except DBAPIError:
+        db.session.registry.clear()  # its connection is gone; the pool's pre-ping replaces it
+
+
 def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> Flask:
     """Build the app from the environment plus `config`; the database must have been initialised.
 
@@ -75,6 +83,9 @@ def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> 
     app.session_interface = SessionInterface()
     loaded = load_plugins(settings.plugins_dir, settings.load_entrypoints)
     db.init_app(app)
+    # Registered after flask-sqlalchemy's, so it runs first: a connection that died during the request
+    # makes ending the session fail, and a failure in teardown would reach the client as a bare 500.
+    app.teardown_appcontext(_end_session)
     with app.app_context():
         audit_writer = GroupCommitWriter(db.engine)
     app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=loaded,

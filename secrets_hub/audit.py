@@ -100,7 +100,8 @@ class GroupCommitWriter:
                 except queue.Empty:
                     break
             error = None
-            # A kept connection may have died since the last batch (a database restart): retry once on a new one.
+            # A kept connection may have died since the last batch (a database restart): retry once on a new
+            # one. Any other failure (a locked SQLite file has already waited out busy_timeout) is final.
             for _attempt in range(2):
                 try:
                     connection = connection or self._engine.connect()
@@ -114,6 +115,8 @@ class GroupCommitWriter:
                         connection.invalidate()
                         connection.close()
                     connection = None
+                    if not getattr(failure, "connection_invalidated", False):
+                        break
             for pending in batch:
                 pending.error = error
                 pending.done.set()

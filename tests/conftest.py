@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -301,3 +302,63 @@ def other_database_url(request, backend: str, tmp_path: Path) -> str:
         connection.execute("DROP SCHEMA public CASCADE")
         connection.execute("CREATE SCHEMA public")
     return url
+
+
+# --------------------------------------------------------------------------- several server processes (shared by
+# the multi-process and database-fault test modules)
+
+
+@dataclass
+class ServerProcess:
+    """One `secrets-hub serve` subprocess: its base URL, the process, and the file its output goes to."""
+
+    base: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_servers(config: dict[str, Any], tmp_path: Path) -> Iterator[Callable[..., list[ServerProcess]]]:
+    """Start `secrets-hub serve` processes like `live_server`, but several and with extra settings.
+
+    start_servers(2, env={"SECRETS_HUB_RATELIMIT_STORAGE": "redis://..."}) launches two servers on free
+    ports at the same moment (so they also initialise one database together), waits until each answers
+    /healthz with 200, and returns them; every server started is stopped at teardown.
+    """
+    started: list[tuple[ServerProcess, Any]] = []
+
+    def start(count: int = 1, env: dict[str, str] | None = None, timeout: float = 60) -> list[ServerProcess]:
+        launched = []
+        for _ in range(count):
+            port = free_port()
+            log_path = tmp_path / f"server-{len(started) + 1}-{port}.log"
+            log = open(log_path, "w")
+            process = subprocess.Popen([*SECRETS_HUB, "serve", "--port", str(port)],
+                                       env=cli_env({**config, **(env or {})}), cwd=tmp_path,
+                                       stdout=log, stderr=subprocess.STDOUT)
+            server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+            started.append((server, log))
+            launched.append(server)
+        deadline = time.monotonic() + timeout
+        for server in launched:
+            while True:
+                try:
+                    if requests.get(f"{server.base}/healthz", timeout=5).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if server.process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"server {server.base} did not start: {server.log()}")
+                time.sleep(0.1)
+        return launched
+
+    yield start
+    for server, _ in started:  # ask every one to stop first, so that they wind down together
+        if server.process.poll() is None:
+            server.process.terminate()
+    for server, log in started:
+        stop_process(server.process)
+        log.close()
