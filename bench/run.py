@@ -40,6 +40,8 @@ from typing import Callable, Iterator
 
 import requests
 
+from secrets_hub.server import DEFAULT_WORKERS
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 KEY = "BENCH_KEY_{:05d}"  # the same format as wrk.lua's keys
@@ -73,7 +75,7 @@ class Plan:
 
 
 def plan_from(args: argparse.Namespace) -> Plan:
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or DEFAULT_WORKERS
     if args.smoke:
         return Plan(secrets=20, rounds=1, duration=1, warmup=0, threads=1, connections=2, workers=workers,
                     mcp_clients=2, rotate_secrets=200, rotate_versions=3, cli_runs=1)
@@ -739,7 +741,7 @@ def main() -> int:
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
-    parser.add_argument("--workers", type=int, default=None, help="secrets-hub serve --workers (default: CPU count)")
+    parser.add_argument("--workers", type=int, default=None, help="secrets-hub serve --workers (default: serve's own)")
     parser.add_argument("--postgres-url", default=os.environ.get("SECRETS_HUB_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
                         help="a PostgreSQL server to create the benchmark's databases on")
     parser.add_argument("--out", type=Path, default=None, help="where to write the table")

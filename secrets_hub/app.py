@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.exc import DBAPIError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from secrets_hub import bootstrap
 from secrets_hub.audit import GroupCommitWriter
@@ -80,6 +81,10 @@ def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> 
         WTF_CSRF_TIME_LIMIT=None,
     )
     app.testing = bool((config or {}).get("TESTING"))
+    if settings.proxy_hops:
+        # Behind that many reverse proxies, the client's address and scheme come from X-Forwarded-*.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,
+                                x_host=settings.proxy_hops)
     app.session_interface = SessionInterface()
     loaded = load_plugins(settings.plugins_dir, settings.load_entrypoints)
     db.init_app(app)

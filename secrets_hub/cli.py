@@ -96,12 +96,14 @@ def init() -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Worker processes  [default: one per CPU core]")
+def serve(host: str, port: int, workers: int | None) -> None:
     """Run the web app (UI and REST API) with the granian production server; runs `init` first."""
     from secrets_hub.bootstrap import initialize
-    from secrets_hub.server import serve_wsgi
+    from secrets_hub.server import DEFAULT_WORKERS, serve_wsgi
 
+    workers = workers or DEFAULT_WORKERS
     settings = initialize()
     _note(f"secrets-hub on http://{host}:{port} ({settings.backend}, {workers} worker(s))")
     serve_wsgi("secrets_hub.app:create_app", host, port, workers, factory=True)

@@ -30,6 +30,7 @@ class Settings:
     keep_versions: int
     ratelimit_storage: str
     load_entrypoints: bool = True
+    proxy_hops: int = 0
 
     @property
     def master_key_file(self) -> Path:
@@ -61,16 +62,17 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _positive_int(env: Mapping[str, Any], name: str, default: int) -> int:
+def _whole_number(env: Mapping[str, Any], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
     if raw in (None, ""):
         return default
+    kind = "a positive whole number" if minimum == 1 else f"a whole number from {minimum}"
     try:
         value = int(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a positive whole number, got {raw!r}") from None
-    if value < 1:
-        raise ConfigError(f"{name} must be a positive whole number, got {raw!r}")
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}")
     return value
 
 
@@ -95,9 +97,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         master_key_source=source,
         old_master_keys=old_keys,
         plugins_dir=Path(env.get("SECRETS_HUB_PLUGINS_DIR") or "plugins").resolve(),
-        max_value_bytes=_positive_int(env, "SECRETS_HUB_MAX_VALUE_BYTES", DEFAULT_MAX_VALUE_BYTES),
-        keep_versions=_positive_int(env, "SECRETS_HUB_KEEP_VERSIONS", DEFAULT_KEEP_VERSIONS),
+        max_value_bytes=_whole_number(env, "SECRETS_HUB_MAX_VALUE_BYTES", DEFAULT_MAX_VALUE_BYTES),
+        keep_versions=_whole_number(env, "SECRETS_HUB_KEEP_VERSIONS", DEFAULT_KEEP_VERSIONS),
         ratelimit_storage=env.get("SECRETS_HUB_RATELIMIT_STORAGE") or "memory://",
+        proxy_hops=_whole_number(env, "SECRETS_HUB_PROXY_HOPS", 0, minimum=0),
         # Tests turn this off so that plugins installed in the environment cannot leak into them.
         load_entrypoints=str(env.get("SECRETS_HUB_LOAD_ENTRYPOINTS", "1")).lower() not in ("0", "false", "no"),
     )

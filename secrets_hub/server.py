@@ -5,6 +5,13 @@ One place, so that the benchmark's constant-JSON floor runs under exactly the sa
 
 from __future__ import annotations
 
+import os
+
+# One worker process per core: the app is Python, so a process per core is what uses the machine.
+# Rate-limit counters in memory:// are then per process; SECRETS_HUB_RATELIMIT_STORAGE=redis://... makes
+# them exact across workers.
+DEFAULT_WORKERS = os.cpu_count() or 1
+
 # Threads per worker running the app. granian's WSGI default is backlog / workers / 2 (256 with 2 workers):
 # under load that many threads fight over the GIL and over SQLite's write lock (every read writes an
 # audit row), and SQLite's busy handler sleeps, so p99 reached ~500 ms. A few threads still overlap

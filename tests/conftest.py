@@ -176,7 +176,9 @@ def live_server(config: dict[str, Any], tmp_path: Path) -> Iterator[str]:
     """`secrets-hub serve` as a user starts it, on a free port; yields the base URL."""
     port = free_port()
     log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen([*SECRETS_HUB, "serve", "--port", str(port)], env=cli_env(config), cwd=tmp_path,
+    # One worker, so that the in-memory rate-limit counters the tests count against are exact.
+    process = subprocess.Popen([*SECRETS_HUB, "serve", "--port", str(port), "--workers", "1"],
+                               env=cli_env(config), cwd=tmp_path,
                                stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
