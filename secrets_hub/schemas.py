@@ -27,8 +27,11 @@ def _rule(check: Callable[[Any], Any]) -> Callable[[Any], None]:
 
 def isoformat(value: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a `Z`, as JavaScript's toISOString writes it."""
-    value = value.astimezone(timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # Cheap on purpose (a list of 1,000 secrets formats 2,000 times): times read from the database are
+    # already UTC, and isoformat is C code, several times faster than strftime.
+    if value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class UTCDateTime(fields.DateTime):

@@ -59,8 +59,11 @@ def _open(caller: Caller, action: str, key: str, row: Any) -> str:
 def list_secrets(caller: Caller) -> list[dict[str, Any]]:
     """Metadata of every secret the caller may read, sorted by key; never a value."""
     authorize(caller, READ, "list")
-    rows = db.session.execute(select(*META_COLUMNS).order_by(secrets_table.c.key)).mappings()
-    return [dict(row) for row in rows if caller.may_access(row["key"])]
+    with db.engine.connect() as connection:
+        result = connection.execute(select(*META_COLUMNS).order_by(secrets_table.c.key))
+        names = tuple(result.keys())
+        rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+    return rows if caller.allow is None else [row for row in rows if caller.may_access(row["key"])]
 
 
 def read_secret(caller: Caller, key: str, version: int | None = None) -> dict[str, Any]:
