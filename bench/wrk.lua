@@ -35,28 +35,22 @@ local function filled_value()
   return string.format("bench-value-%05d-%s", counter % keys, string.rep("v", 32))
 end
 
+-- Each operation's method, path and body, per server; the floor answers the hub's read path.
+local function hub_request(operation)
+  if operation == "read" then return "GET", "/api/secrets/" .. next_key() end
+  if operation == "list" then return "GET", "/api/secrets" end
+  return "PUT", "/api/secrets/" .. next_key(), string.format('{"value":"%s"}', filled_value())
+end
+
+local function bao_request(operation)
+  if operation == "read" then return "GET", "/v1/secret/data/" .. next_key() end
+  if operation == "list" then return "GET", "/v1/secret/metadata/?list=true" end
+  return "POST", "/v1/secret/data/" .. next_key(), string.format('{"data":{"value":"%s"}}', filled_value())
+end
+
 function request()
-  if target == "bao" then
-    if operation == "read" then
-      return wrk.format("GET", "/v1/secret/data/" .. next_key(), headers)
-    elseif operation == "list" then
-      return wrk.format("GET", "/v1/secret/metadata/?list=true", headers)
-    else
-      local key = next_key()
-      return wrk.format("POST", "/v1/secret/data/" .. key, headers,
-        string.format('{"data":{"value":"%s"}}', filled_value()))
-    end
-  end
-  -- secrets-hub, and the floor, which answers the read path with a constant body
-  if operation == "read" then
-    return wrk.format("GET", "/api/secrets/" .. next_key(), headers)
-  elseif operation == "list" then
-    return wrk.format("GET", "/api/secrets", headers)
-  else
-    local key = next_key()
-    return wrk.format("PUT", "/api/secrets/" .. key, headers,
-      string.format('{"value":"%s"}', filled_value()))
-  end
+  local method, path, body = (target == "bao" and bao_request or hub_request)(operation)
+  return wrk.format(method, path, headers, body)
 end
 
 function done(summary, latency, requests)

@@ -143,6 +143,23 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """A command that must succeed."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """A refusal: non-zero exit, nothing on stdout, exactly one `Error: ...` line on stderr; that line."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), f"expected one Error: line, got:\n{result.stderr}"
+    return lines[0]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -181,20 +198,24 @@ def live_server(config: dict[str, Any], tmp_path: Path) -> Iterator[str]:
                                env=cli_env(config), cwd=tmp_path,
                                stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start: {(tmp_path / 'server.log').read_text()}")
-        time.sleep(0.1)
+    wait_until_healthy(base, process, time.monotonic() + 30, lambda: (tmp_path / "server.log").read_text())
     yield base
     stop_process(process)
     log.close()
+
+
+def wait_until_healthy(base: str, process: subprocess.Popen, deadline: float, log: Callable[[], str]) -> None:
+    """Poll /healthz until it answers 200; fail with the server's log if it exits or the deadline passes."""
+    while True:
+        try:
+            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server {base} did not start: {log()}")
+        time.sleep(0.1)
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -346,15 +367,7 @@ def start_servers(config: dict[str, Any], tmp_path: Path) -> Iterator[Callable[.
             launched.append(server)
         deadline = time.monotonic() + timeout
         for server in launched:
-            while True:
-                try:
-                    if requests.get(f"{server.base}/healthz", timeout=5).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if server.process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"server {server.base} did not start: {server.log()}")
-                time.sleep(0.1)
+            wait_until_healthy(server.base, server.process, deadline, server.log)
         return launched
 
     yield start

@@ -13,14 +13,13 @@ import gzip
 import json
 import re
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from conftest import MASTER_KEY, bearer
+from conftest import MASTER_KEY, bearer, ok, one_error_line
 from secrets_hub import bootstrap, service, users
 from secrets_hub.app import create_app
 from secrets_hub.auth import caller_for_user, operator
@@ -39,20 +38,8 @@ COMPRESSIBLE = "A" * 60000  # 60 kB that gzip makes tiny; encryption alone would
 # --------------------------------------------------------------------------- helpers
 
 
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 0, result.stderr
-    return result
 
 
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    """A refusal: non-zero exit, nothing on stdout, exactly one `Error: ...` line on stderr; that line."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode != 0
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), f"expected one Error: line, got:\n{result.stderr}"
-    return lines[0]
 
 
 def query(url: str, sql: str, **params: Any) -> list[tuple]:

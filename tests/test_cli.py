@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from conftest import BACKENDS, SECRETS_HUB, bearer, cli_env, free_port, stop_process
+from conftest import BACKENDS, SECRETS_HUB, bearer, cli_env, free_port, ok, stop_process
 from secrets_hub import bootstrap
 
 TOKEN_PATTERN = r"shub_[A-Za-z0-9_-]{43,}"  # `shub_` and at least 32 random bytes, base64url
@@ -46,11 +46,6 @@ def backend(request) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    """A command that must succeed."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def fails(result: subprocess.CompletedProcess, message: str | None = None) -> str:

@@ -21,7 +21,7 @@ import pytest
 from dotenv import dotenv_values
 from sqlalchemy import create_engine, text
 
-from conftest import SECRETS_HUB, cli_env
+from conftest import SECRETS_HUB, cli_env, ok
 from secrets_hub import bootstrap, service
 from secrets_hub.app import create_app
 from secrets_hub.auth import operator
@@ -77,10 +77,6 @@ TRICKY = {
 # --------------------------------------------------------------------------- helpers
 
 
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def put(config: dict[str, Any], values: dict[str, str]) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import pytest
 from sqlalchemy import create_engine, func, insert, select, text
 
-from conftest import MASTER_KEY, SECRETS_HUB, cli_env
+from conftest import MASTER_KEY, SECRETS_HUB, cli_env, ok, one_error_line
 from secrets_hub import bootstrap, service
 from secrets_hub.app import create_app
 from secrets_hub.auth import operator
@@ -44,20 +44,8 @@ secrets_table, versions_table = Secret.__table__, SecretVersion.__table__
 # --------------------------------------------------------------------------- helpers
 
 
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 0, result.stderr
-    return result
 
 
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    """A refusal: non-zero exit, nothing on stdout, exactly one `Error: ...` line on stderr; that line."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode != 0
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), f"expected one Error: line, got:\n{result.stderr}"
-    return lines[0]
 
 
 def engine_for(config: dict[str, Any]):
