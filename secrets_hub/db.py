@@ -45,9 +45,11 @@ def engine_options(database_url: str) -> dict:
     """Pool settings: PostgreSQL keeps a checked pool; SQLite needs none beyond the pragmas below."""
     if database_url.startswith("postgresql"):
         # connect_timeout bounds how long a request waits on an unreachable server before its 503; short,
-        # because each server thread waiting on it holds back the requests queued behind it.
+        # because each server thread waiting on it holds back the requests queued behind it. Keepalives and
+        # tcp_user_timeout (ms) end a pooled connection whose network path died, instead of letting it hang.
         return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "pool_recycle": 1800,
-                "connect_args": {"connect_timeout": 3}}
+                "connect_args": {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 30,
+                                 "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 10000}}
     return {}
 
 
