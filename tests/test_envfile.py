@@ -318,6 +318,22 @@ def test_run_gives_the_command_the_secrets_and_exits_with_its_status(instance, c
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_run_never_hands_the_master_secret_to_the_command(instance, cli_in_process, capfd):
+    put(instance, {"A_ONE": "first"})
+    shown = ["A_ONE", "SECRETS_HUB_MASTER_KEY", "SECRETS_HUB_OLD_MASTER_KEYS", "BETTER_AUTH_SECRET", "DATABASE_URL"]
+    capfd.readouterr()
+
+    result = cli_in_process("run", "--", sys.executable, "-c", SHOW_ENV, *shown,
+                            env={"SECRETS_HUB_OLD_MASTER_KEYS": "a-former-master", "BETTER_AUTH_SECRET": "seed-secret"})
+    seen = json.loads(capfd.readouterr().out)
+
+    assert result.returncode == 3
+    # The secrets asked for, and the app's own settings such as DATABASE_URL, but no master secret at all.
+    assert seen == {"A_ONE": "first", "SECRETS_HUB_MASTER_KEY": None, "SECRETS_HUB_OLD_MASTER_KEYS": None,
+                    "BETTER_AUTH_SECRET": None, "DATABASE_URL": instance["DATABASE_URL"]}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_run_status_zero_and_arguments_pass_unchanged(instance, cli_in_process, capfd):
     result = cli_in_process("run", "--", sys.executable, "-c", "import sys; print(sys.argv[1:])", "--only", "-x", "a b")
     assert result.returncode == 0
