@@ -20,11 +20,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import func, insert, select
 
-from secrets_hub import audit
+from secrets_hub import audit, service
 from secrets_hub.auth import ADMIN, Caller, authorize
 from secrets_hub.crypto import BACKUP_LABEL, NONCE_BYTES, derive_key, key_id_of
 from secrets_hub.db import UTCDateTime, db, utcnow
-from secrets_hub.errors import BackupFileError, ConflictError, DecryptionError, IntegrityCheckError
+from secrets_hub.errors import BackupFileError, ConflictError
 from secrets_hub.models import ApiToken, Secret, SecretVersion, User
 from secrets_hub.runtime import runtime
 
@@ -59,18 +59,15 @@ def _load(table, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _open_value(key: str, row: Any) -> str:
-    try:
-        return runtime().keyring.decrypt(row.encrypted_value, row.iv, row.key_id, key)
-    except DecryptionError:
-        raise IntegrityCheckError(f'Secret "{key}" failed its integrity check') from None
+def _count(table) -> int:
+    return db.session.execute(select(func.count()).select_from(table)).scalar_one()
 
 
 def count_secrets() -> int:
-    return db.session.execute(select(func.count()).select_from(secrets_table)).scalar_one()
+    return _count(secrets_table)
 
 
-def _payload(progress: Callable[[int], None]) -> dict[str, Any]:
+def _payload(caller: Caller, progress: Callable[[int], None]) -> dict[str, Any]:
     session = db.session
     secrets = []
     for row in session.execute(select(secrets_table).order_by(secrets_table.c.key)).mappings():
@@ -79,9 +76,9 @@ def _payload(progress: Callable[[int], None]) -> dict[str, Any]:
         ).mappings()
         secrets.append({
             **_dump(secrets_table, row, skip=("encrypted_value", "iv", "key_id")),
-            "value": _open_value(row["key"], row),
+            "value": service.open_value(caller, "backup", row["key"], row),
             "versions": [{**_dump(versions_table, v, skip=("id", "secret_id", "encrypted_value", "iv", "key_id")),
-                          "value": _open_value(row["key"], v)} for v in versions],
+                          "value": service.open_value(caller, "backup", row["key"], v)} for v in versions],
         })
         progress(1)
     return {
@@ -97,7 +94,7 @@ def _payload(progress: Callable[[int], None]) -> dict[str, Any]:
 def write_backup(caller: Caller, path: Path, progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
     """Write the backup file (mode 0600, replaced atomically); returns what it holds."""
     authorize(caller, ADMIN, "backup")
-    payload = _payload(progress)
+    payload = _payload(caller, progress)
     key = _backup_key()
     header = MAGIC + key_id_of(key).encode() + os.urandom(NONCE_BYTES)
     body = AESGCM(key).encrypt(header[-NONCE_BYTES:], gzip.compress(json.dumps(payload).encode()), header)
@@ -138,7 +135,7 @@ def read_backup(path: Path) -> dict[str, Any]:
 
 
 def _instance_holds() -> dict[str, int]:
-    return {name: db.session.execute(select(func.count()).select_from(table)).scalar_one()
+    return {name: _count(table)
             for name, table in (("secrets", secrets_table), ("users", users_table), ("tokens", tokens_table))}
 
 
