@@ -86,14 +86,14 @@ def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,
                                 x_host=settings.proxy_hops)
     app.session_interface = SessionInterface()
-    loaded = load_plugins(settings.plugins_dir, settings.load_entrypoints)
+    plugins = load_plugins(settings.plugins_dir, settings.load_entrypoints)
     db.init_app(app)
     # Registered after flask-sqlalchemy's, so it runs first: a connection that died during the request
     # makes ending the session fail, and a failure in teardown would reach the client as a bare 500.
     app.teardown_appcontext(_end_session)
     with app.app_context():
         audit_writer = GroupCommitWriter(db.engine)
-    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=loaded,
+    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=plugins,
                                             audit_writer=audit_writer)
     if web:
         from secrets_hub import web as http
@@ -106,5 +106,5 @@ def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> 
             db.engine.dispose()  # a refused start must not leave a connection open
             raise
     hub = app.extensions["secrets_hub.hub"] = Hub(app)
-    loaded.startup(hub)
+    plugins.startup(hub)
     return app
