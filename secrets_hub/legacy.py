@@ -8,6 +8,7 @@ existing key is skipped, or with `overwrite` replaced only when its value or des
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -27,7 +28,7 @@ LEGACY_QUERY = text(
 
 @dataclass
 class LegacyReport:
-    outcomes: dict[str, int] = field(default_factory=dict)
+    outcomes: Counter = field(default_factory=Counter)
     failed: list[str] = field(default_factory=list)  # "KEY: reason", never a value
 
 
@@ -67,7 +68,7 @@ def import_legacy(caller: Caller, rows: list[Any], legacy_secret: str, overwrite
             value = decrypt_legacy(row.encrypted_value, row.iv, key)
             created_at, updated_at = _timestamp(row.created_at), _timestamp(row.updated_at)
             outcome = service.import_secret(caller, row.key, value, row.description, overwrite, created_at, updated_at)
-            report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+            report.outcomes[outcome] += 1
         except (DecryptionError, ValueError) as unreadable:
             reason = "unreadable timestamp" if isinstance(unreadable, ValueError) else "does not decrypt with the legacy secret"
             report.failed.append(f"{row.key}: {reason}")
