@@ -459,7 +459,7 @@ def fill_directly(database_url: str, master_key: str, plan: Plan) -> None:
 
     from secrets_hub.config import normalize_database_url
     from secrets_hub.crypto import Keyring
-    from secrets_hub.db import utcnow
+    from secrets_hub.store import utcnow
     from secrets_hub.models import Secret, SecretVersion, new_uuid
 
     keyring = Keyring.from_master(master_key)

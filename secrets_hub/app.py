@@ -7,18 +7,15 @@ from typing import Any, Mapping
 
 from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
+from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from secrets_hub import bootstrap
-from secrets_hub.audit import GroupCommitWriter
 from secrets_hub.config import load_settings
-from secrets_hub.crypto import SESSION_LABEL, Keyring, derive_key
+from secrets_hub.crypto import SESSION_LABEL, derive_key
 from secrets_hub.db import db, engine_options
-from secrets_hub.errors import ConfigError
 from secrets_hub.hub import Hub
-from secrets_hub.plugins import load_plugins
-from secrets_hub.runtime import Runtime
+from secrets_hub.runtime import build_runtime
 
 PACKAGE_DIR = Path(__file__).parent
 
@@ -32,13 +29,14 @@ def _asset_folder(name: str) -> str:
 class SessionInterface(SecureCookieSessionInterface):
     """Mark the session cookie `Secure` whenever the request came over HTTPS.
 
-    A request with an Authorization header is a token client: its cookie, if any, is not read
-    (and no session is built for it), which keeps the token path lean.
+    A request with a Bearer token is a token client: its cookie, if any, is not read, and it gets
+    the null session, which is never saved; that keeps the token path lean. (Other schemes, such as
+    the Basic auth of a proxy in front of the pages, keep their cookie session.)
     """
 
     def open_session(self, app: Flask, request):
-        if "Authorization" in request.headers:
-            return self.session_class()
+        if request.headers.get("Authorization", "")[:7].lower() == "bearer ":
+            return self.make_null_session(app)
         return super().open_session(app, request)
 
     def get_cookie_secure(self, app: Flask) -> bool:
@@ -58,9 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> 
     `web=False` leaves out the HTTP side (routes, sessions, CSRF, rate limits), for the command line.
     """
     settings = load_settings(config)
-    if not settings.master_key:
-        raise ConfigError("No master key is configured: run `secrets-hub init`, or set SECRETS_HUB_MASTER_KEY")
-    keyring = Keyring.from_master(settings.master_key, settings.old_master_keys)
+    state = build_runtime(settings)
 
     app = Flask(
         __name__,
@@ -86,25 +82,18 @@ def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,
                                 x_host=settings.proxy_hops)
     app.session_interface = SessionInterface()
-    plugins = load_plugins(settings.plugins_dir, settings.load_entrypoints)
     db.init_app(app)
     # Registered after flask-sqlalchemy's, so it runs first: a connection that died during the request
     # makes ending the session fail, and a failure in teardown would reach the client as a bare 500.
     app.teardown_appcontext(_end_session)
+    app.extensions["secrets_hub"] = state
     with app.app_context():
-        audit_writer = GroupCommitWriter(db.engine)
-    app.extensions["secrets_hub"] = Runtime(settings=settings, keyring=keyring, plugins=plugins,
-                                            audit_writer=audit_writer)
+        # Whoever releases the app's database connections (db.engine.dispose()) releases the store's too.
+        event.listen(db.engine, "engine_disposed", lambda _engine: state.store.close())
     if web:
         from secrets_hub import web as http
 
         http.init_app(app)
-    with app.app_context():
-        try:
-            bootstrap.check_master_key(db.engine, keyring)
-        except Exception:
-            db.engine.dispose()  # a refused start must not leave a connection open
-            raise
-    hub = app.extensions["secrets_hub.hub"] = Hub(app)
-    plugins.startup(hub)
+    hub = app.extensions["secrets_hub.hub"] = Hub(state, app)
+    state.plugins.startup(hub)
     return app

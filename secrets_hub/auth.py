@@ -9,14 +9,11 @@ from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy import select, update
-
 from secrets_hub import audit
 from secrets_hub.crypto import TOKEN_PREFIX, hash_token
-from secrets_hub.db import db, utcnow
 from secrets_hub.errors import AuthenticationError, ForbiddenError
-from secrets_hub.models import ApiToken
 from secrets_hub.runtime import runtime
+from secrets_hub.store import utcnow
 from secrets_hub.validation import SCOPES
 
 READ, WRITE, MCP, ADMIN = SCOPES
@@ -79,16 +76,13 @@ def _load_token(token_hash: str) -> TokenRecord | None:
     if cached and cached[0] > time.monotonic():
         return cached[1]
     # Look up by hash, so the raw token never reaches SQL; one probe of a unique index.
-    row = db.session.execute(
-        select(ApiToken.id, ApiToken.name, ApiToken.token_hash, ApiToken.scopes, ApiToken.allow,
-               ApiToken.expires_at, ApiToken.last_used_at).where(ApiToken.token_hash == token_hash)
-    ).first()
+    row = runtime().store.token(token_hash)
     record = None
     if row is not None:
         record = TokenRecord(
-            id=row.id, name=row.name, token_hash=row.token_hash, scopes=frozenset(row.scopes.split()),
-            allow=tuple(row.allow.split()) if row.allow else None,
-            expires_at=row.expires_at, last_used_at=row.last_used_at,
+            id=row["id"], name=row["name"], token_hash=row["token_hash"], scopes=frozenset(row["scopes"].split()),
+            allow=tuple(row["allow"].split()) if row["allow"] else None,
+            expires_at=row["expires_at"], last_used_at=row["last_used_at"],
         )
     cache[token_hash] = (time.monotonic() + TOKEN_CACHE_SECONDS, record)
     return record
@@ -101,8 +95,7 @@ def forget_token(token_hash: str) -> None:
 def _touch(record: TokenRecord, now: datetime) -> None:
     if record.last_used_at is not None and now - record.last_used_at < LAST_USED_PRECISION:
         return
-    db.session.execute(update(ApiToken).where(ApiToken.id == record.id).values(last_used_at=now))
-    db.session.commit()
+    runtime().store.touch_token(record.id, now)
     _token_cache()[record.token_hash] = (
         time.monotonic() + TOKEN_CACHE_SECONDS,
         TokenRecord(**{**record.__dict__, "last_used_at": now}),

@@ -23,10 +23,11 @@ from sqlalchemy import func, insert, select
 from secrets_hub import audit, service
 from secrets_hub.auth import ADMIN, Caller, authorize
 from secrets_hub.crypto import BACKUP_LABEL, NONCE_BYTES, derive_key, key_id_of
-from secrets_hub.db import UTCDateTime, db, utcnow
+from secrets_hub.db import UTCDateTime, db
 from secrets_hub.errors import BackupFileError, ConflictError
 from secrets_hub.models import ApiToken, Secret, SecretVersion, User
 from secrets_hub.runtime import runtime
+from secrets_hub.store import utcnow
 
 MAGIC = b"secrets-hub backup v1\n"
 KEY_ID_BYTES = 16

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from sqlalchemy import Engine, inspect, select, text
-from sqlalchemy.exc import IntegrityError
+from typing import TYPE_CHECKING
 
 from secrets_hub.crypto import Keyring
 from secrets_hub.errors import ConfigError, DecryptionError
-from secrets_hub.models import Meta
+from secrets_hub.store import Conflict, Store
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 KEY_CHECK = "key_check"
@@ -28,9 +29,10 @@ def alembic_config(connection):
     return config
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine: "Engine") -> None:
     """Run every pending migration; safe to call from several processes at once."""
     from alembic import command
+    from sqlalchemy import text
 
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -45,20 +47,16 @@ def seal_key_check(keyring: Keyring) -> str:
     return f"{sealed.key_id}:{sealed.iv}:{sealed.encrypted_value}"
 
 
-def check_master_key(engine: Engine, keyring: Keyring) -> None:
+def check_master_key(store: Store, keyring: Keyring) -> None:
     """Refuse a master secret that does not open this database; record the check on first use."""
-    with engine.connect() as connection:
-        if not inspect(connection).has_table(Meta.__tablename__):
-            raise ConfigError("The database is not initialised: run `secrets-hub init` first")
-        row = connection.execute(select(Meta.value).where(Meta.name == KEY_CHECK)).scalar()
-    if row is None:
+    sealed = store.meta(KEY_CHECK)
+    if sealed is None:
         try:
-            with engine.begin() as connection:
-                connection.execute(Meta.__table__.insert(), {"name": KEY_CHECK, "value": seal_key_check(keyring)})
+            store.add_meta(KEY_CHECK, seal_key_check(keyring))
             return
-        except IntegrityError:  # another process recorded its check first: verify against that one
-            return check_master_key(engine, keyring)
-    key_id, iv, encrypted_value = row.split(":", 2)
+        except Conflict:  # another process recorded its check first: verify against that one
+            return check_master_key(store, keyring)
+    key_id, iv, encrypted_value = sealed.split(":", 2)
     try:
         keyring.decrypt(encrypted_value, iv, key_id, KEY_CHECK_CONTEXT)
     except DecryptionError:
@@ -69,10 +67,10 @@ def check_master_key(engine: Engine, keyring: Keyring) -> None:
         ) from None
 
 
-def key_check_passes(engine: Engine, keyring: Keyring) -> bool:
+def key_check_passes(store: Store, keyring: Keyring) -> bool:
     """Whether the database answers and the configured master key opens it (health checks, the App tab)."""
     try:
-        check_master_key(engine, keyring)
+        check_master_key(store, keyring)
     except Exception:  # noqa: BLE001 - any failure, database or key, means "no"
         return False
     return True
@@ -90,9 +88,11 @@ def initialize(overrides=None):
 
     settings = ensure_master_key(load_settings(overrides))
     engine = create_engine(settings.database_url, **engine_options(settings.database_url))
+    store = Store(settings.database_url)
     try:
         upgrade(engine)
-        check_master_key(engine, Keyring.from_master(settings.master_key, settings.old_master_keys))
+        check_master_key(store, Keyring.from_master(settings.master_key, settings.old_master_keys))
     finally:
         engine.dispose()
+        store.close()
     return settings

@@ -11,6 +11,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from secrets_hub.store import POSTGRESQL_CONNECT_ARGS
+
 
 class Base(DeclarativeBase):
     pass
@@ -37,19 +39,12 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def engine_options(database_url: str) -> dict:
     """Pool settings: PostgreSQL keeps a checked pool; SQLite needs none beyond the pragmas below."""
     if database_url.startswith("postgresql"):
-        # connect_timeout bounds how long a request waits on an unreachable server before its 503; short,
-        # because each server thread waiting on it holds back the requests queued behind it. Keepalives and
-        # tcp_user_timeout (ms) end a pooled connection whose network path died, instead of letting it hang.
-        return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "pool_recycle": 1800,
-                "connect_args": {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 30,
-                                 "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 10000}}
+        # The admin paths' pool (users, tokens, rotation, backup); requests for secrets use the store's.
+        return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 20, "pool_recycle": 1800,
+                "connect_args": POSTGRESQL_CONNECT_ARGS}
     return {}
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
-
-from flask import Flask
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from secrets_hub import service
 from secrets_hub.auth import READ, Caller
 from secrets_hub.errors import NotFoundError, UnresolvedReferencesError
+from secrets_hub.runtime import Runtime, activated
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 REFERENCE = re.compile(r"\{\{\s*secrets\.([A-Za-z0-9_]+)\s*\}\}")
 
@@ -26,7 +29,7 @@ class SkillSecrets(Mapping[str, str]):
     def __getitem__(self, key: str) -> str:
         if key not in self._keys:
             raise PermissionError(f'Skill "{self._skill}" did not declare the secret "{key}"')
-        with self._hub.app.app_context():
+        with self._hub.context():
             try:
                 return service.read_secret(self._caller, key)["value"]
             except NotFoundError:
@@ -37,7 +40,7 @@ class SkillSecrets(Mapping[str, str]):
         return key in self._keys and key in list(self)
 
     def __iter__(self) -> Iterator[str]:
-        with self._hub.app.app_context():
+        with self._hub.context():
             return iter([row["key"] for row in service.list_secrets(self._caller)])
 
     def __len__(self) -> int:
@@ -50,12 +53,17 @@ class SkillSecrets(Mapping[str, str]):
 class Hub:
     """What plugins, cron agents and scripts hold: reads through the same rules as every other channel."""
 
-    def __init__(self, app: Flask):
-        self.app = app
+    def __init__(self, runtime: Runtime, app: "Flask | None" = None):
+        """`app` is None where no Flask app is built (`secrets-hub get`): the runtime alone serves reads."""
+        self.runtime, self.app = runtime, app
+
+    def context(self) -> AbstractContextManager:
+        """Where the service layer runs: the app's context, or the bare runtime's."""
+        return self.app.app_context() if self.app is not None else activated(self.runtime)
 
     @property
     def _plugins(self):
-        return self.app.extensions["secrets_hub"].plugins
+        return self.runtime.plugins
 
     def secrets_for(self, skill: str) -> SkillSecrets:
         """A read-only mapping of exactly the keys `skill` declared; other keys raise PermissionError."""

@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from secrets_hub.db import Base, UTCDateTime, utcnow
+from secrets_hub.db import Base, UTCDateTime
+from secrets_hub.store import utcnow
 
 # Keys sort in code-point order on both backends: SQLite's default BINARY collation does; PostgreSQL needs "C".
 KeyText = Text().with_variant(Text(collation="C"), "postgresql")

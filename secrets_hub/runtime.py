@@ -1,15 +1,24 @@
-"""The per-app state every service needs: settings and keys, kept in `app.extensions`."""
+"""The per-process state every service needs, and how code finds the one it runs under.
+
+Inside the web app, the MCP server and most commands that is the Flask app's (`app.extensions`). A
+command that only reads (`secrets-hub get`) builds no app at all, which keeps Flask and SQLAlchemy
+out of its start-up time; it activates its runtime with `activated`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from flask import current_app
-
+from secrets_hub import bootstrap
 from secrets_hub.audit import GroupCommitWriter
 from secrets_hub.config import Settings
 from secrets_hub.crypto import Keyring
-from secrets_hub.plugins import Plugins
+from secrets_hub.errors import ConfigError
+from secrets_hub.plugins import Plugins, load_plugins
+from secrets_hub.store import Store
 
 
 @dataclass(frozen=True)
@@ -17,10 +26,47 @@ class Runtime:
     settings: Settings
     keyring: Keyring
     plugins: Plugins
+    store: Store
     audit_writer: GroupCommitWriter
     # token hash -> (monotonic expiry, record or None); see auth.TOKEN_CACHE_SECONDS
     token_cache: dict = field(default_factory=dict)
 
+    def close(self) -> None:
+        self.store.close()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Keys, store and plugins for `settings`; refuses a master secret that does not open the database."""
+    if not settings.master_key:
+        raise ConfigError("No master key is configured: run `secrets-hub init`, or set SECRETS_HUB_MASTER_KEY")
+    keyring = Keyring.from_master(settings.master_key, settings.old_master_keys)
+    store = Store(settings.database_url)
+    try:
+        bootstrap.check_master_key(store, keyring)
+    finally:
+        store.close()  # a refused start leaves no connection open; a running one reopens on demand
+    plugins = load_plugins(settings.plugins_dir, settings.load_entrypoints)
+    return Runtime(settings=settings, keyring=keyring, plugins=plugins, store=store,
+                   audit_writer=GroupCommitWriter(store))
+
+
+_active: ContextVar[Runtime | None] = ContextVar("secrets_hub_runtime", default=None)
+
+
+@contextmanager
+def activated(active: Runtime) -> Iterator[Runtime]:
+    """Make `active` the runtime of the code inside, where no Flask app is built."""
+    token = _active.set(active)
+    try:
+        yield active
+    finally:
+        _active.reset(token)
+
 
 def runtime() -> Runtime:
+    active = _active.get()
+    if active is not None:
+        return active
+    from flask import current_app
+
     return current_app.extensions["secrets_hub"]

@@ -1,7 +1,8 @@
 """Secret use cases, shared by every channel: scopes, key globs, validation, versions and audit live here.
 
-Writes are single statements where they can be (an UPDATE ... RETURNING bumps the version), so two
-writers never read-then-write the same row: PostgreSQL's row lock and SQLite's write lock order them.
+Their SQL is the store's (store.py). Writes are single statements where they can be (an UPDATE ...
+RETURNING bumps the version), so two writers never read-then-write the same row: PostgreSQL's row
+lock and SQLite's write lock order them.
 """
 
 from __future__ import annotations
@@ -11,22 +12,14 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
-
 from secrets_hub import audit
 from secrets_hub.auth import ADMIN, READ, WRITE, Caller, authorize
 from secrets_hub.crypto import Sealed
-from secrets_hub.db import db, utcnow
 from secrets_hub.errors import ConflictError, DecryptionError, IntegrityCheckError, NotFoundError
-from secrets_hub.models import Secret, SecretVersion, new_uuid
 from secrets_hub.runtime import runtime
+from secrets_hub.store import Conflict, Stored, Transaction, utcnow
 from secrets_hub.validation import check_value_size, is_key, validate_description, validate_key, validate_value
 
-secrets_table = Secret.__table__
-versions_table = SecretVersion.__table__
-META_COLUMNS = (secrets_table.c.id, secrets_table.c.key, secrets_table.c.description,
-                secrets_table.c.created_at, secrets_table.c.updated_at)
 UNSET: Any = object()
 
 
@@ -60,45 +53,22 @@ def open_value(caller: Caller, action: str, key: str, row: Any) -> str:
 def list_secrets(caller: Caller) -> list[dict[str, Any]]:
     """Metadata of every secret the caller may read, sorted by key; never a value."""
     authorize(caller, READ, "list")
-    with db.engine.connect() as connection:
-        result = connection.execute(select(*META_COLUMNS).order_by(secrets_table.c.key))
-        names = tuple(result.keys())
-        rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
-    return [row for row in rows if caller.may_access(row["key"])]
+    return [row for row in runtime().store.metadata() if caller.may_access(row["key"])]
 
 
 def read_secret(caller: Caller, key: str, version: int | None = None) -> dict[str, Any]:
     """Decrypt the current value, or version `version`; every read is audited."""
     _authorize_lookup(caller, READ, "read", key)
-    if version is None:
-        row = _read_one(
-            select(secrets_table.c.encrypted_value, secrets_table.c.iv, secrets_table.c.key_id,
-                   secrets_table.c.current_version.label("version")).where(secrets_table.c.key == key))
-    else:
-        row = _read_one(
-            select(versions_table.c.encrypted_value, versions_table.c.iv, versions_table.c.key_id,
-                   versions_table.c.version)
-            .join(secrets_table, secrets_table.c.id == versions_table.c.secret_id)
-            .where(secrets_table.c.key == key, versions_table.c.version == version))
+    store = runtime().store
+    row = store.current(key) if version is None else store.version(key, version)
     if row is None:
         audit.record_now(caller, "read", key, "not_found")
-        if version is not None and _exists(key):
+        if version is not None and store.exists(key):
             raise NotFoundError(f'Secret "{key}" has no version {version}')
         raise _not_found(key)
     value = open_value(caller, "read", key, row)
     audit.record_now(caller, "read", key, "ok")
     return {"key": key, "value": value, "version": row.version}
-
-
-def _read_one(statement: Any) -> Any:
-    """One row, read on a pooled connection outside the session: the hot read path opens no ORM
-    transaction, so there is none to end before its audit event is written."""
-    with db.engine.connect() as connection:
-        return connection.execute(statement).first()
-
-
-def _exists(key: str) -> bool:
-    return db.session.execute(select(secrets_table.c.id).where(secrets_table.c.key == key)).first() is not None
 
 
 def create_secret(caller: Caller, key: str, value: str, description: str | None = None, action: str = "create",
@@ -109,63 +79,53 @@ def create_secret(caller: Caller, key: str, value: str, description: str | None 
     validate_description(description)
     sealed = _seal(key, value)
     created_at = created_at or utcnow()
-    row = {"id": new_uuid(), "key": key, "encrypted_value": sealed.encrypted_value, "iv": sealed.iv,
-           "description": description, "created_at": created_at, "updated_at": updated_at or created_at,
-           "created_by": caller.user_id, "current_version": 1, "key_id": sealed.key_id}
+    updated_at = updated_at or created_at
+    keep = runtime().settings.keep_versions
+
+    def insert(tx: Transaction) -> str:
+        secret_id = tx.insert_secret(key, sealed, description, created_at, updated_at, caller.user_id)
+        tx.add_version(secret_id, 1, sealed, created_at, caller.actor, keep)
+        tx.audit([audit.event(caller, action, key, "ok")])
+        return secret_id
+
     try:
-        db.session.execute(insert(secrets_table), row)
-        _add_version(caller, row["id"], 1, sealed, created_at)
-        audit.record(caller, action, key, "ok")
-        db.session.commit()
-    except IntegrityError:
+        secret_id = runtime().store.write(insert)
+    except Conflict:
         audit.record_now(caller, action, key, "conflict")
         raise ConflictError(f'Secret with key "{key}" already exists') from None
     runtime().plugins.secret_changed(key, "create")
-    return {name: row[name] for name in ("id", "key", "description", "created_at", "updated_at")}
-
-
-def _add_version(caller: Caller, secret_id: str, version: int, sealed: Sealed, now) -> None:
-    db.session.execute(insert(versions_table), {
-        "secret_id": secret_id, "version": version, "encrypted_value": sealed.encrypted_value,
-        "iv": sealed.iv, "key_id": sealed.key_id, "created_at": now, "created_by": caller.actor,
-    })
-    keep = runtime().settings.keep_versions
-    if version > keep:
-        db.session.execute(delete(versions_table).where(
-            versions_table.c.secret_id == secret_id, versions_table.c.version <= version - keep))
+    return {"id": secret_id, "key": key, "description": description, "created_at": created_at,
+            "updated_at": updated_at}
 
 
 def update_secret(caller: Caller, key: str, value: str = UNSET, description: str | None = UNSET,
                   expected_version: int | None = None, action: str = "update") -> dict[str, Any]:
     """Change the value (a new version) and/or the description; `expected_version` makes it check-and-set."""
     _authorize_lookup(caller, WRITE, action, key)
-    now = utcnow()
-    changes: dict[str, Any] = {"updated_at": now}
     if description is not UNSET:
-        changes["description"] = validate_description(description)
-    sealed = None
-    if value is not UNSET:
-        sealed = _seal(key, value)
-        changes.update(encrypted_value=sealed.encrypted_value, iv=sealed.iv, key_id=sealed.key_id,
-                       current_version=secrets_table.c.current_version + 1)
-    statement = update(secrets_table).where(secrets_table.c.key == key)
-    if expected_version is not None:
-        statement = statement.where(secrets_table.c.current_version == expected_version)
-    row = db.session.execute(
-        statement.values(**changes).returning(*META_COLUMNS, secrets_table.c.current_version)
-    ).mappings().first()
+        validate_description(description)
+    sealed = None if value is UNSET else _seal(key, value)
+    now = utcnow()
+    keep = runtime().settings.keep_versions
+
+    def update(tx: Transaction) -> tuple[dict[str, Any] | None, int | None]:
+        # One statement bumps the version, so concurrent writers are ordered by the row lock (PostgreSQL)
+        # or the write lock (SQLite) and never lose an update or repeat a version number.
+        row = tx.update_secret(key, now, sealed, description, expected_version, keep_description=UNSET)
+        if row is None:
+            return None, tx.current_version(key)
+        if sealed is not None:
+            tx.add_version(row["id"], row["current_version"], sealed, now, caller.actor, keep)
+        tx.audit([audit.event(caller, action, key, "ok")])
+        return row, None
+
+    row, current = runtime().store.write(update)
     if row is None:
-        current = db.session.execute(
-            select(secrets_table.c.current_version).where(secrets_table.c.key == key)).scalar()
         if current is None:
             audit.record_now(caller, action, key, "not_found")
             raise _not_found(key)
         audit.record_now(caller, action, key, "conflict")
         raise ConflictError(f'Secret "{key}" changed: current version is {current}')
-    if sealed is not None:
-        _add_version(caller, row["id"], row["current_version"], sealed, now)
-    audit.record(caller, action, key, "ok")
-    db.session.commit()
     # Plugins hear what happened to the secret; how it happened (an import, say) is the audit log's to tell.
     runtime().plugins.secret_changed(key, "restore" if action == "restore" else "update")
     return {**row, "version": row["current_version"]}
@@ -175,7 +135,7 @@ def put_secret(caller: Caller, key: str, value: str, description: str | None = N
     """Create KEY, or give it a new version if it exists (`description` None keeps the old one); the version."""
     validate_key(key)
     extra = {} if description is None else {"description": description}
-    if _exists(key):
+    if runtime().store.exists(key):
         return update_secret(caller, key, value=value, **extra)["version"]
     try:
         create_secret(caller, key, value, description)
@@ -193,10 +153,8 @@ def import_secret(caller: Caller, key: str, value: str, description: str | None 
     """
     validate_key(key)
     authorize(caller, WRITE, "import", key)
-    row = db.session.execute(
-        select(secrets_table.c.encrypted_value, secrets_table.c.iv, secrets_table.c.key_id,
-               secrets_table.c.description).where(secrets_table.c.key == key)).first()
-    if row is None:
+    found = runtime().store.value_and_description(key)
+    if found is None:
         try:
             create_secret(caller, key, value, None if description is UNSET else description, "import",
                           created_at, updated_at)
@@ -206,14 +164,15 @@ def import_secret(caller: Caller, key: str, value: str, description: str | None 
     if not overwrite:
         audit.record_now(caller, "import", key, "skipped")
         return "skipped"
-    if _same_value(row, key, value) and description in (UNSET, row.description):
+    row, current_description = found
+    if _same_value(row, key, value) and description in (UNSET, current_description):
         audit.record_now(caller, "import", key, "unchanged")
         return "unchanged"
     update_secret(caller, key, value=value, description=description, action="import")
     return "updated"
 
 
-def _same_value(row: Any, key: str, value: str) -> bool:
+def _same_value(row: Stored, key: str, value: str) -> bool:
     try:
         current = runtime().keyring.decrypt(row.encrypted_value, row.iv, row.key_id, key)
     except DecryptionError:  # a damaged value is replaced, not compared
@@ -234,41 +193,37 @@ def read_values(caller: Caller, patterns: tuple[str, ...] = ()) -> dict[str, str
 def delete_secret(caller: Caller, key: str) -> None:
     """Delete a secret and every version of it."""
     _authorize_lookup(caller, WRITE, "delete", key)
-    deleted = db.session.execute(
-        delete(secrets_table).where(secrets_table.c.key == key).returning(secrets_table.c.id)).first()
-    if deleted is None:
+
+    def delete(tx: Transaction) -> bool:
+        deleted = tx.delete_secret(key)
+        if deleted:
+            tx.audit([audit.event(caller, "delete", key, "ok")])
+        return deleted
+
+    if not runtime().store.write(delete):
         audit.record_now(caller, "delete", key, "not_found")
         raise _not_found(key)
-    audit.record(caller, "delete", key, "ok")
-    db.session.commit()
     runtime().plugins.secret_changed(key, "delete")
 
 
 def list_versions(caller: Caller, key: str) -> list[dict[str, Any]]:
     """The kept versions of one secret, newest first."""
     _authorize_lookup(caller, READ, "versions", key)
-    current = db.session.execute(
-        select(secrets_table.c.id, secrets_table.c.current_version).where(secrets_table.c.key == key)).first()
-    if current is None:
+    found = runtime().store.versions(key)
+    if found is None:
         raise _not_found(key)
-    rows = db.session.execute(
-        select(versions_table.c.version, versions_table.c.created_at, versions_table.c.created_by)
-        .where(versions_table.c.secret_id == current.id).order_by(versions_table.c.version.desc())
-    ).mappings()
-    return [{**row, "current": row["version"] == current.current_version} for row in rows]
+    current, rows = found
+    return [{**row, "current": row["version"] == current} for row in rows]
 
 
 def restore_version(caller: Caller, key: str, version: int) -> dict[str, Any]:
     """Make an older version's value the newest version."""
     _authorize_lookup(caller, WRITE, "restore", key)
-    row = db.session.execute(
-        select(versions_table.c.encrypted_value, versions_table.c.iv, versions_table.c.key_id)
-        .join(secrets_table, secrets_table.c.id == versions_table.c.secret_id)
-        .where(secrets_table.c.key == key, versions_table.c.version == version)
-    ).first()
+    store = runtime().store
+    row = store.version(key, version)
     if row is None:
         audit.record_now(caller, "restore", key, "not_found")
-        if _exists(key):
+        if store.exists(key):
             raise NotFoundError(f'Secret "{key}" has no version {version}')
         raise _not_found(key)
     return update_secret(caller, key, value=open_value(caller, "restore", key, row), action="restore")
@@ -284,7 +239,7 @@ def read_audit_log(caller: Caller, key: str | None = None, actor: str | None = N
 def skills_report(caller: Caller) -> list[dict[str, Any]]:
     """Every skill plugin, the keys it requires and whether each is set, and broken plugins with the reason."""
     authorize(caller, READ, "skills")
-    existing = set(db.session.execute(select(secrets_table.c.key)).scalars())
+    existing = runtime().store.keys()
     return [
         {"name": skill.name, "error": skill.error, "requires": [
             {"key": r.key, "description": r.description, "required": r.required, "obtain_url": r.obtain_url,

@@ -11,9 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from secrets_hub import audit
 from secrets_hub.auth import ADMIN, Caller, authorize, forget_token
 from secrets_hub.crypto import hash_token, new_api_token
-from secrets_hub.db import db, utcnow
+from secrets_hub.db import db
 from secrets_hub.errors import ConflictError, NotFoundError
 from secrets_hub.models import ApiToken
+from secrets_hub.store import utcnow
 from secrets_hub.validation import is_token_name
 
 TOKEN_COLUMNS = (ApiToken.name, ApiToken.scopes, ApiToken.allow, ApiToken.created_at,
@@ -53,6 +54,7 @@ def create_token(caller: Caller, name: str, scopes: list[str], allow: list[str] 
         audit.record(caller, "token.create", name, "ok")
         db.session.commit()
     except IntegrityError:
+        db.session.rollback()
         audit.record_now(caller, "token.create", name, "conflict")
         raise ConflictError(f'Token "{name}" already exists') from None
     return {**_public(row), "token": raw}
@@ -70,6 +72,7 @@ def revoke_token(caller: Caller, name: str) -> None:
         delete(ApiToken).where(ApiToken.name == name).returning(ApiToken.token_hash)
     ).scalar()
     if not token_hash:
+        db.session.rollback()  # the DELETE holds SQLite's write lock, which the audit writer needs
         audit.record_now(caller, "token.revoke", name, "not_found")
         raise NotFoundError(f'Token "{name}" not found')
     audit.record(caller, "token.revoke", name, "ok")

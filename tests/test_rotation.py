@@ -29,7 +29,8 @@ from secrets_hub.app import create_app
 from secrets_hub.auth import operator
 from secrets_hub.config import normalize_database_url
 from secrets_hub.crypto import Keyring
-from secrets_hub.db import db, utcnow
+from secrets_hub.db import db
+from secrets_hub.store import utcnow
 from secrets_hub.models import Secret, SecretVersion
 
 NEW_MASTER_KEY = "the-new-master-secret-for-rotation-tests-9876543210"

@@ -11,7 +11,6 @@ from limits import parse as parse_limit
 from marshmallow import Schema
 
 from secrets_hub import audit, auth, bootstrap, schemas, service, tokens
-from secrets_hub.db import db
 from secrets_hub.errors import AuthenticationError, TooManyRequestsError, UnsupportedMediaTypeError, ValidationError
 from secrets_hub.runtime import runtime
 from secrets_hub.validation import parse_duration, validate_version
@@ -224,6 +223,6 @@ def openapi_document():
 @operation("Health: the database answers and the master key opens it", response=schemas.HealthSchema(),
            envelope=False, errors=(503,), public=True)
 def healthz():
-    if not bootstrap.key_check_passes(db.engine, runtime().keyring):
+    if not bootstrap.key_check_passes(runtime().store, runtime().keyring):
         return jsonify({"status": "unavailable"}), 503
     return jsonify({"status": "ok"})

@@ -38,6 +38,11 @@ def init_app(app: Flask) -> None:
     def domain_error(error: SecretsHubError):
         return json_error(error.status, error.message)
 
+    @app.errorhandler(DatabaseUnavailableError)
+    def unavailable(error: DatabaseUnavailableError):
+        app.logger.error("database unavailable")
+        return json_error(503, error.message)
+
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError):
         if wants_json():

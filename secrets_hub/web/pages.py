@@ -9,7 +9,6 @@ from flask import Blueprint, abort, flash, make_response, redirect, render_templ
 from flask_login import current_user, login_required, login_user, logout_user
 
 from secrets_hub import __version__, auth, bootstrap, users
-from secrets_hub.db import db
 from secrets_hub.errors import ConflictError, ValidationError
 from secrets_hub.runtime import runtime
 from secrets_hub.web import limiter
@@ -88,7 +87,7 @@ def settings():
         "Version": __version__,
         "Database": state.settings.backend,
         "Master key id": state.keyring.key_id,
-        "Key check": "passes" if bootstrap.key_check_passes(db.engine, state.keyring) else "FAILS",
+        "Key check": "passes" if bootstrap.key_check_passes(state.store, state.keyring) else "FAILS",
         "Master key from": "environment" if not state.settings.master_key_source.startswith("/") else "key file",
         "Plugins folder": str(state.settings.plugins_dir),
     }

@@ -1,0 +1,422 @@
+"""The SQL of the paths requests take, on plain DB-API connections (sqlite3, psycopg 3).
+
+Secrets and their versions, the audit log's rows, the token lookup and the key check are read and
+written here, in SQL both backends understand. SQLAlchemy still owns the schema (models.py and the
+Alembic migrations) and serves the admin paths (users, token management, rotation, backup), but a
+request that reads or writes a secret never goes through it: its statement compilation, result
+processing and pool events cost several times the query itself, and importing it alone costs
+`secrets-hub get` a third of a second.
+
+Connections: each process keeps its idle connections in a small LIFO list; an operation takes one
+and gives it back. A connection that died while idle (a database restart, `pg_terminate_backend`)
+is replaced and the operation run again, once, when the failure came before anything could have
+been committed: what SQLAlchemy's pool_pre_ping gives, without a round trip per request.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from secrets_hub.errors import ConfigError, DatabaseUnavailableError, ValidationError
+
+T = TypeVar("T")
+
+# Idle connections kept per process; more are opened under a burst and closed when given back.
+MAX_IDLE = 16
+# connect_timeout bounds how long a request waits on an unreachable server before its 503: short, because
+# each server thread waiting on it holds back the requests queued behind it. Keepalives and
+# tcp_user_timeout (ms) end a connection whose network path died, instead of letting it hang. Every time
+# is read and written in UTC.
+POSTGRESQL_CONNECT_ARGS = {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 5,
+                           "keepalives_count": 3, "tcp_user_timeout": 10000}
+SQLITE_BUSY_SECONDS = 5.0
+NOT_INITIALISED = "The database is not initialised: run `secrets-hub init` first"
+
+META_COLUMNS = ("id", "key", "description", "created_at", "updated_at")
+AUDIT_COLUMNS = ("at", "actor", "channel", "action", "key", "outcome", "remote_addr")
+SECRET_COLUMNS = ("id", "key", "encrypted_value", "iv", "description", "created_at", "updated_at", "created_by",
+                  "current_version", "key_id")
+VERSION_COLUMNS = ("secret_id", "version", "encrypted_value", "iv", "key_id", "created_at", "created_by")
+TOKEN_COLUMNS = ("id", "name", "token_hash", "scopes", "allow", "expires_at", "last_used_at")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    # Only this module's own table and column names are ever joined in; values are always parameters.
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"  # noqa: S608
+
+
+class Conflict(Exception):
+    """A unique constraint refused the row (the key, or the version, is taken)."""
+
+
+class Stored(tuple):
+    """One ciphertext as read back: (encrypted_value, iv, key_id, version)."""
+
+    encrypted_value = property(lambda self: self[0])
+    iv = property(lambda self: self[1])
+    key_id = property(lambda self: self[2])
+    version = property(lambda self: self[3])
+
+
+class _Backend:
+    """What differs between sqlite3 and psycopg: connecting, placeholders, times, error classes."""
+
+    name: str
+    unavailable: tuple[type[BaseException], ...]
+    integrity: tuple[type[BaseException], ...]
+    invalid: tuple[type[BaseException], ...]  # input the database refused (a NUL in text, a number out of range)
+
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    def sql(self, statement: str) -> str:
+        return statement
+
+    def time_in(self, value: datetime | None) -> Any:
+        return value
+
+    def time_out(self, value: Any) -> datetime | None:
+        return value
+
+    def begin(self, connection: Any) -> None:
+        connection.execute("BEGIN")
+
+    def is_dead(self, connection: Any) -> bool:
+        return False
+
+    def is_missing_table(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+
+class _SQLite(_Backend):
+    name = "sqlite"
+    unavailable = (sqlite3.OperationalError, sqlite3.InterfaceError)
+    integrity = (sqlite3.IntegrityError,)
+    invalid = (sqlite3.DataError,)
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def connect(self) -> sqlite3.Connection:
+        # Autocommit mode: reads take no transaction; writes open theirs explicitly (`begin`).
+        connection = sqlite3.connect(self.path, timeout=SQLITE_BUSY_SECONDS, isolation_level=None,
+                                     check_same_thread=False)
+        # WAL lets readers run beside the one writer; the timeout makes a writer wait for a locked database
+        # for up to 5 s before the request is answered 503 "Database unavailable".
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        return connection
+
+    def begin(self, connection: Any) -> None:
+        # Take the write lock up front: a transaction that read first and then wants to write could
+        # otherwise fail at once instead of waiting out the busy timeout.
+        connection.execute("BEGIN IMMEDIATE")
+
+    def is_missing_table(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError) and str(error).startswith("no such table")
+
+    def time_in(self, value: datetime | None) -> str | None:
+        # SQLAlchemy's format for SQLite (naive UTC, microseconds), so either side reads what the other wrote.
+        return None if value is None else value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    def time_out(self, value: str | None) -> datetime | None:
+        # Parsed with its zone in one C call: several times faster than parsing, then replacing tzinfo.
+        return None if value is None else datetime.fromisoformat(value + "+00:00")
+
+
+class _PostgreSQL(_Backend):
+    name = "postgresql"
+
+    def __init__(self, conninfo: str):
+        import psycopg
+
+        self.conninfo = conninfo
+        self.psycopg = psycopg
+        self.unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
+        self.integrity = (psycopg.errors.UniqueViolation,)
+        self.invalid = (psycopg.DataError,)
+
+    def connect(self) -> Any:
+        # Autocommit: a read is one round trip with no transaction to end; writes open theirs (`begin`).
+        # Repeated statements are prepared by psycopg after a few runs, so the server plans them once.
+        return self.psycopg.connect(self.conninfo, autocommit=True, options="-c TimeZone=UTC",
+                                    **POSTGRESQL_CONNECT_ARGS)
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    def time_out(self, value: datetime | None) -> datetime | None:
+        if value is None or value.tzinfo is timezone.utc:  # the session's TimeZone is UTC: nearly always
+            return value
+        return value.astimezone(timezone.utc)
+
+    def is_dead(self, connection: Any) -> bool:
+        return connection.broken or connection.closed
+
+    def is_missing_table(self, error: BaseException) -> bool:
+        return isinstance(error, self.psycopg.errors.UndefinedTable)
+
+
+def _backend_for(database_url: str) -> _Backend:
+    scheme, _, rest = database_url.partition("://")
+    if scheme.startswith("postgresql"):
+        return _PostgreSQL(f"postgresql://{rest}")
+    if scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
+        # sqlite:///relative/path or sqlite:////absolute/path, as SQLAlchemy reads them.
+        return _SQLite(rest[1:].split("?", 1)[0])
+    raise ConfigError(f"Unsupported DATABASE_URL {scheme}://...: use postgresql://... or sqlite:///path/to/file.db")
+
+
+class Transaction:
+    """The statements of one write, committed together or not at all."""
+
+    def __init__(self, store: "Store", connection: Any):
+        self._store, self._connection = store, connection
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._connection.execute(self._store.backend.sql(statement), params)
+
+    def insert_secret(self, key: str, sealed: Any, description: str | None, created_at: datetime,
+                      updated_at: datetime, created_by: str | None) -> str:
+        """A new secret at version 1; Conflict if the key exists. Returns its id."""
+        secret_id = str(uuid.uuid4())
+        time_in = self._store.backend.time_in
+        self.execute(_insert("secrets", SECRET_COLUMNS), (
+            secret_id, key, sealed.encrypted_value, sealed.iv, description, time_in(created_at), time_in(updated_at),
+            created_by, 1, sealed.key_id))
+        return secret_id
+
+    def add_version(self, secret_id: str, version: int, sealed: Any, at: datetime, created_by: str | None,
+                    keep: int) -> None:
+        """Keep `version` of a secret, and only the newest `keep` versions."""
+        self.execute(_insert("secret_versions", VERSION_COLUMNS), (
+            secret_id, version, sealed.encrypted_value, sealed.iv, sealed.key_id, self._store.backend.time_in(at),
+            created_by))
+        if version > keep:
+            self.execute("DELETE FROM secret_versions WHERE secret_id = ? AND version <= ?", (secret_id, version - keep))
+
+    def update_secret(self, key: str, at: datetime, sealed: Any | None, description: Any,
+                      expected_version: int | None, keep_description: Any) -> dict[str, Any] | None:
+        """Set a new value (the version goes up by one, in the same statement) and/or the description.
+
+        `description` equal to `keep_description` leaves it as it is. None when no secret has `key`, or
+        when `expected_version` is given and is not the current version.
+        """
+        assignments, params = ["updated_at = ?"], [self._store.backend.time_in(at)]
+        if description is not keep_description:
+            assignments.append("description = ?")
+            params.append(description)
+        if sealed is not None:
+            assignments.append("encrypted_value = ?, iv = ?, key_id = ?, current_version = current_version + 1")
+            params += [sealed.encrypted_value, sealed.iv, sealed.key_id]
+        condition, params = "key = ?", [*params, key]
+        if expected_version is not None:
+            condition += " AND current_version = ?"
+            params.append(expected_version)
+        row = self.execute(f"UPDATE secrets SET {', '.join(assignments)} WHERE {condition} "  # noqa: S608 - fixed column names
+                           f"RETURNING {', '.join(META_COLUMNS)}, current_version", params).fetchone()
+        return None if row is None else self._store.meta_row(row) | {"current_version": row[5]}
+
+    def delete_secret(self, key: str) -> bool:
+        return self.execute("DELETE FROM secrets WHERE key = ? RETURNING id", (key,)).fetchone() is not None
+
+    def current_version(self, key: str) -> int | None:
+        row = self.execute("SELECT current_version FROM secrets WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def audit(self, events: Sequence[dict[str, Any]]) -> None:
+        time_in = self._store.backend.time_in
+        self._connection.cursor().executemany(self._store.backend.sql(_insert("audit_events", AUDIT_COLUMNS)), [
+            (time_in(event["at"]), *(event[column] for column in AUDIT_COLUMNS[1:])) for event in events])
+
+
+class Store:
+    """One database, as the service layer and the audit writer see it."""
+
+    def __init__(self, database_url: str):
+        self.backend = _backend_for(database_url)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    # ---- connections --------------------------------------------------------------------------------------------
+
+    def _take(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self.backend.connect()
+
+    def _give_back(self, connection: Any) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        """Close the idle connections (those in use close when given back after this)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _run(self, work: Callable[[Any], T], writes: bool = False) -> T:
+        """Run `work` on a connection, in one transaction when it `writes`; database errors become ours."""
+        backend = self.backend
+        may_retry = True
+        while True:
+            try:
+                connection = self._take()
+            except backend.unavailable:
+                raise DatabaseUnavailableError() from None
+            committing = False
+            try:
+                if not writes:
+                    result = work(connection)
+                else:
+                    backend.begin(connection)
+                    try:
+                        result = work(connection)
+                    except BaseException:
+                        if not backend.is_dead(connection):
+                            connection.execute("ROLLBACK")
+                        raise
+                    committing = True
+                    connection.execute("COMMIT")
+            except BaseException as error:
+                if backend.is_missing_table(error):
+                    self._give_back(connection)
+                    raise ConfigError(NOT_INITIALISED) from None
+                if isinstance(error, backend.integrity):
+                    self._give_back(connection)
+                    raise Conflict() from None
+                if isinstance(error, backend.invalid):
+                    self._give_back(connection)
+                    raise ValidationError("Bad request") from None
+                dead = backend.is_dead(connection)
+                connection.close()
+                if not isinstance(error, backend.unavailable):
+                    raise
+                # Died before anything could be committed: the server threw the work away, so run it again.
+                if dead and may_retry and not committing:
+                    may_retry = False
+                    continue
+                raise DatabaseUnavailableError() from None
+            self._give_back(connection)
+            return result
+
+    def _fetch(self, statement: str, params: Sequence[Any] = (), one: bool = False) -> Any:
+        statement = self.backend.sql(statement)
+
+        def work(connection: Any) -> Any:
+            cursor = connection.execute(statement, params)
+            return cursor.fetchone() if one else cursor.fetchall()
+
+        return self._run(work)
+
+    def write(self, work: Callable[[Transaction], T]) -> T:
+        """Run `work(tx)` in one transaction; it may run twice (see the module docstring), so it does only SQL."""
+        return self._run(lambda connection: work(Transaction(self, connection)), writes=True)
+
+    # ---- reads --------------------------------------------------------------------------------------------------
+
+    def meta_row(self, row: Sequence[Any]) -> dict[str, Any]:
+        time_out = self.backend.time_out
+        return {"id": row[0], "key": row[1], "description": row[2], "created_at": time_out(row[3]),
+                "updated_at": time_out(row[4])}
+
+    def current(self, key: str) -> Stored | None:
+        row = self._fetch("SELECT encrypted_value, iv, key_id, current_version FROM secrets WHERE key = ?", (key,), True)
+        return None if row is None else Stored(row)
+
+    def version(self, key: str, version: int) -> Stored | None:
+        row = self._fetch(
+            "SELECT v.encrypted_value, v.iv, v.key_id, v.version FROM secret_versions v "
+            "JOIN secrets s ON s.id = v.secret_id WHERE s.key = ? AND v.version = ?", (key, version), True)
+        return None if row is None else Stored(row)
+
+    def exists(self, key: str) -> bool:
+        return self._fetch("SELECT 1 FROM secrets WHERE key = ?", (key,), True) is not None
+
+    def value_and_description(self, key: str) -> tuple[Stored, str | None] | None:
+        row = self._fetch("SELECT encrypted_value, iv, key_id, current_version, description FROM secrets "
+                          "WHERE key = ?", (key,), True)
+        return None if row is None else (Stored(row[:4]), row[4])
+
+    def metadata(self) -> list[dict[str, Any]]:
+        """Every secret's metadata, sorted by key (code-point order on both backends)."""
+        meta_row = self.meta_row
+        return [meta_row(row) for row in self._fetch(f"SELECT {', '.join(META_COLUMNS)} FROM secrets ORDER BY key")]  # noqa: S608
+
+    def keys(self) -> set[str]:
+        return {row[0] for row in self._fetch("SELECT key FROM secrets")}
+
+    def versions(self, key: str) -> tuple[int, list[dict[str, Any]]] | None:
+        """The current version number and every kept version of `key`, newest first; None if there is no such secret."""
+        def work(connection: Any) -> Any:
+            current = connection.execute(self.backend.sql("SELECT id, current_version FROM secrets WHERE key = ?"),
+                                         (key,)).fetchone()
+            if current is None:
+                return None
+            rows = connection.execute(self.backend.sql(
+                "SELECT version, created_at, created_by FROM secret_versions WHERE secret_id = ? ORDER BY version DESC"),
+                (current[0],)).fetchall()
+            return current[1], rows
+
+        found = self._run(work)
+        if found is None:
+            return None
+        time_out = self.backend.time_out
+        return found[0], [{"version": v, "created_at": time_out(at), "created_by": by} for v, at, by in found[1]]
+
+    # ---- tokens and the key check -------------------------------------------------------------------------------
+
+    def token(self, token_hash: str) -> dict[str, Any] | None:
+        row = self._fetch(f"SELECT {', '.join(TOKEN_COLUMNS)} FROM api_tokens WHERE token_hash = ?",  # noqa: S608
+                          (token_hash,), True)
+        if row is None:
+            return None
+        found = dict(zip(TOKEN_COLUMNS, row, strict=True))
+        found["expires_at"] = self.backend.time_out(found["expires_at"])
+        found["last_used_at"] = self.backend.time_out(found["last_used_at"])
+        return found
+
+    def touch_token(self, token_id: int, at: datetime) -> None:
+        self.write(lambda tx: tx.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?",
+                                         (self.backend.time_in(at), token_id)))
+
+    def meta(self, name: str) -> str | None:
+        row = self._fetch("SELECT value FROM secrets_hub_meta WHERE name = ?", (name,), True)
+        return None if row is None else row[0]
+
+    def add_meta(self, name: str, value: str) -> None:
+        """Record a fact about the database; Conflict if it is already recorded."""
+        self.write(lambda tx: tx.execute(_insert("secrets_hub_meta", ("name", "value")), (name, value)))
+
+    # ---- the audit log ------------------------------------------------------------------------------------------
+
+    def append_audit(self, events: Sequence[dict[str, Any]]) -> None:
+        self.write(lambda tx: tx.audit(events))
+
+    def audit_events(self, key: str | None, actor: str | None, limit: int, before: int | None) -> list[dict[str, Any]]:
+        conditions, params = [], []
+        for condition, value in (("id < ?", before), ("key = ?", key), ("actor = ?", actor)):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        columns = ("id", *AUDIT_COLUMNS)
+        rows = self._fetch(f"SELECT {', '.join(columns)} FROM audit_events {where}ORDER BY id DESC LIMIT ?",  # noqa: S608
+                           (*params, limit))
+        time_out = self.backend.time_out
+        return [dict(zip(columns, row, strict=True)) | {"at": time_out(row[1])} for row in rows]
