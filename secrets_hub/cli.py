@@ -27,19 +27,35 @@ def _json(schema: Any, rows: Any) -> None:
 
 
 @contextmanager
-def _session() -> Iterator[Any]:
-    """An app context and the operator as caller; domain errors become one line and exit status 1.
+def _session(orm: bool = False) -> Iterator[Any]:
+    """The operator as caller, in a runtime; domain errors become one line and exit status 1.
 
-    No HTTP side (routes, sessions, CSRF, rate limits) is built: that keeps `secrets-hub get` fast.
+    Commands on secrets and the audit log run on the bare runtime (the store, no Flask app, no
+    SQLAlchemy), so that `secrets-hub get` starts fast. Those that need the ORM (users, tokens,
+    rotation, backups) set `orm` and get the app, without its HTTP side.
     """
     import getpass
 
-    from secrets_hub.app import create_app
     from secrets_hub.auth import operator
 
-    app = create_app(web=False)
-    with app.app_context():
-        yield operator(getpass.getuser())
+    caller = operator(getpass.getuser())
+    if orm:
+        from secrets_hub.app import create_app
+
+        with create_app(web=False).app_context():
+            yield caller
+        return
+    from secrets_hub.config import load_settings
+    from secrets_hub.hub import Hub
+    from secrets_hub.runtime import activated, build_runtime
+
+    state = build_runtime(load_settings())
+    try:
+        with activated(state):
+            state.plugins.startup(Hub(state))
+            yield caller
+    finally:
+        state.close()
 
 
 class Group(click.Group):
@@ -126,7 +142,7 @@ def user_create(email: str, password_stdin: bool, admin: bool) -> None:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
-    with _session() as caller:
+    with _session(orm=True) as caller:
         users.create_user(caller, email, password, is_admin=admin)
     _note(f"Created user {email}")
 
@@ -149,7 +165,7 @@ def token_create(name: str, scopes: tuple[str, ...], allow: tuple[str, ...], exp
     scope_list = validation.validate_scopes(list(scopes))
     allow_list = validation.validate_allow(list(allow))
     lifetime = validation.parse_duration(expires_in)
-    with _session() as caller:
+    with _session(orm=True) as caller:
         created = tokens.create_token(caller, validation.validate_token_name(name), scope_list, allow_list, lifetime)
     click.echo(created["token"])
     _note(f"Created token {name}; store it now, it will not be shown again.")
@@ -161,7 +177,7 @@ def token_list(as_json: bool) -> None:
     """List tokens (never the tokens themselves)."""
     from secrets_hub import schemas, tokens
 
-    with _session() as caller:
+    with _session(orm=True) as caller:
         rows = tokens.list_tokens(caller)
     if as_json:
         return _json(schemas.tokens_schema, rows)
@@ -176,7 +192,7 @@ def token_revoke(name: str) -> None:
     """Revoke a token by name."""
     from secrets_hub import tokens
 
-    with _session() as caller:
+    with _session(orm=True) as caller:
         tokens.revoke_token(caller, name)
     _note(f"Revoked token {name}")
 
@@ -308,7 +324,7 @@ def rotate_master_key() -> None:
     """
     from secrets_hub import rotation
 
-    with _session() as caller:
+    with _session(orm=True) as caller:
         with _progress(rotation.rows_to_rotate(), "Re-encrypting") as progress:
             result = rotation.rotate_master_key(caller, progress)
     _note(f"Re-encrypted {result['rotated']} rows; everything is under key id {result['key_id']} "
@@ -327,7 +343,7 @@ def backup_command(file: Path) -> None:
 
     if not file.resolve().parent.is_dir():
         raise click.ClickException(f"Cannot write {file}: its folder does not exist")
-    with _session() as caller:
+    with _session(orm=True) as caller:
         with _progress(backup.count_secrets(), "Backing up") as progress:
             held = backup.write_backup(caller, file, progress)
     _note(f"Wrote {file}: {held['secrets']} secrets, {held['users']} users, {held['tokens']} tokens")
@@ -339,7 +355,7 @@ def restore_command(file: Path) -> None:
     """Restore FILE (made by `backup` under the same master secret) into an empty instance."""
     from secrets_hub import backup
 
-    with _session() as caller:
+    with _session(orm=True) as caller:
         payload = backup.open_for_restore(caller, file)
         with _progress(len(payload["secrets"]), "Restoring") as progress:
             held = backup.restore_backup(caller, payload, progress)
