@@ -25,10 +25,11 @@ def _rule(check: Callable[[Any], Any]) -> Callable[[Any], None]:
     return validator
 
 
+@functools.lru_cache(maxsize=16384)
 def isoformat(value: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a `Z`, as JavaScript's toISOString writes it."""
-    # Cheap on purpose (a list of 1,000 secrets formats 2,000 times): times read from the database are
-    # already UTC, and isoformat is C code, several times faster than strftime.
+    # Memoised: a list of 1,000 secrets formats the same 2,000 times on every call, and they rarely change.
+    # Times read from the database are already UTC, and isoformat is C code, several times faster than strftime.
     if value.tzinfo is not timezone.utc:
         value = value.astimezone(timezone.utc)
     return value.isoformat(timespec="milliseconds")[:-6] + "Z"
