@@ -49,9 +49,10 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _insert(table: str, columns: Sequence[str]) -> str:
+def _insert(table: str, columns: Sequence[str], rows: int = 1) -> str:
     # Only this module's own table and column names are ever joined in; values are always parameters.
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"  # noqa: S608
+    values = ", ".join([f"({', '.join('?' for _ in columns)})"] * rows)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"  # noqa: S608
 
 
 class Conflict(Exception):
@@ -235,9 +236,7 @@ class Transaction:
         return None if row is None else row[0]
 
     def audit(self, events: Sequence[dict[str, Any]]) -> None:
-        time_in = self._store.backend.time_in
-        self._connection.cursor().executemany(self._store.backend.sql(_insert("audit_events", AUDIT_COLUMNS)), [
-            (time_in(event["at"]), *(event[column] for column in AUDIT_COLUMNS[1:])) for event in events])
+        self.execute(*self._store.audit_insert(events))
 
 
 class Store:
@@ -405,8 +404,22 @@ class Store:
 
     # ---- the audit log ------------------------------------------------------------------------------------------
 
+    def audit_insert(self, events: Sequence[dict[str, Any]]) -> tuple[str, list[Any]]:
+        """One INSERT of all `events`: one statement, so one round trip and, on its own, one transaction."""
+        time_in = self.backend.time_in
+        params = []
+        for event in events:
+            params += (time_in(event["at"]), *(event[column] for column in AUDIT_COLUMNS[1:]))
+        return _insert("audit_events", AUDIT_COLUMNS, len(events)), params
+
     def append_audit(self, events: Sequence[dict[str, Any]]) -> None:
-        self.write(lambda tx: tx.audit(events))
+        """Commit `events` together (the audit writer's batch): a single statement needs no BEGIN or COMMIT.
+
+        Like any read, it is rerun on a fresh connection if the kept one had died; should the first attempt
+        have been committed all the same, the events are recorded twice, never lost.
+        """
+        statement, params = self.audit_insert(events)
+        self._run(lambda connection: connection.execute(self.backend.sql(statement), params))
 
     def audit_events(self, key: str | None, actor: str | None, limit: int, before: int | None) -> list[dict[str, Any]]:
         conditions, params = [], []
