@@ -27,6 +27,22 @@ def _json(schema: Any, rows: Any) -> None:
 
 
 @contextmanager
+def _bare_runtime() -> Iterator[Any]:
+    """The runtime without a Flask app or SQLAlchemy, active inside; the plugins' startup hook gets its hub."""
+    from secrets_hub.config import load_settings
+    from secrets_hub.hub import Hub
+    from secrets_hub.runtime import activated, build_runtime
+
+    state = build_runtime(load_settings())
+    try:
+        with activated(state):
+            state.plugins.startup(Hub(state))
+            yield state
+    finally:
+        state.close()
+
+
+@contextmanager
 def _session(orm: bool = False) -> Iterator[Any]:
     """The operator as caller, in a runtime; domain errors become one line and exit status 1.
 
@@ -45,17 +61,8 @@ def _session(orm: bool = False) -> Iterator[Any]:
         with create_app(web=False).app_context():
             yield caller
         return
-    from secrets_hub.config import load_settings
-    from secrets_hub.hub import Hub
-    from secrets_hub.runtime import activated, build_runtime
-
-    state = build_runtime(load_settings())
-    try:
-        with activated(state):
-            state.plugins.startup(Hub(state))
-            yield caller
-    finally:
-        state.close()
+    with _bare_runtime():
+        yield caller
 
 
 class Group(click.Group):
@@ -447,24 +454,30 @@ def mcp_command(transport: str, host: str, port: int) -> None:
     """Serve the read-only MCP tools to AI agents (stdio: token in SECRETS_HUB_TOKEN; http: Bearer per request)."""
     import os
 
-    from secrets_hub.app import create_app
     from secrets_hub.errors import AuthenticationError, ForbiddenError
     from secrets_hub.mcp_server import agent_caller, create_mcp_server, is_loopback
 
-    app = create_app()
-    if transport == "stdio":
-        token = os.environ.get("SECRETS_HUB_TOKEN", "").strip()
-        if not token:
-            _note("Error: SECRETS_HUB_TOKEN is not set: the MCP server needs an API token with the mcp scope")
-            sys.exit(2)
-        try:
-            agent_caller(app, token)
-        except (AuthenticationError, ForbiddenError) as refused:
-            _note(f"Error: SECRETS_HUB_TOKEN was refused: {refused.message}")
-            sys.exit(2)
-        create_mcp_server(app, token).run("stdio")
-        return
-    if not is_loopback(host):
-        _note(f"Warning: serving MCP on {host} without TLS; put a TLS-terminating reverse proxy in front of it.")
-    _note(f"secrets-hub MCP server on http://{host}:{port}/mcp")
-    create_mcp_server(app, host=host, port=port).run("streamable-http", host=host, port=port)
+    # The MCP server serves reads only: the bare runtime, no Flask app.
+    with _bare_runtime() as state:
+        if transport == "stdio":
+            token = os.environ.get("SECRETS_HUB_TOKEN", "").strip()
+            if not token:
+                _note("Error: SECRETS_HUB_TOKEN is not set: the MCP server needs an API token with the mcp scope")
+                sys.exit(2)
+            try:
+                agent_caller(state, token)
+            except (AuthenticationError, ForbiddenError) as refused:
+                _note(f"Error: SECRETS_HUB_TOKEN was refused: {refused.message}")
+                sys.exit(2)
+            create_mcp_server(state, token).run("stdio")
+            return
+        if not is_loopback(host):
+            _note(f"Warning: serving MCP on {host} without TLS; put a TLS-terminating reverse proxy in front of it.")
+        _note(f"secrets-hub MCP server on http://{host}:{port}/mcp")
+        import uvicorn
+
+        # The SDK's app under uvicorn, as its run() serves it, but answering each call with a JSON body instead
+        # of an SSE stream (our tools send nothing to the client before their result), and, like `serve`,
+        # without an access log: the audit log records every tool call, and a line per request cost 5-10%.
+        mcp_app = create_mcp_server(state, host=host, port=port).streamable_http_app(json_response=True, host=host)
+        uvicorn.run(mcp_app, host=host, port=port, access_log=False)

@@ -1,9 +1,11 @@
 """The MCP server: read-only secret tools for AI agents, under our own API tokens (scope `mcp`).
 
 Built on the official SDK (`mcp.server.mcpserver.MCPServer`). Over streamable HTTP every request
-carries a Bearer token, checked by the SDK's middleware through `HubTokenVerifier`; over stdio
-there is no transport auth, so the token comes from SECRETS_HUB_TOKEN and is checked at start.
-Either way the token is checked again on every tool call, so a revoked token stops at once.
+carries a Bearer token, checked by the SDK's middleware through `HubTokenVerifier`, and a tool call
+acts for the caller that check found. Over stdio there is no transport auth, so the token comes from
+SECRETS_HUB_TOKEN and is checked at start and again on every tool call. Either way each call is
+checked once against the token table, so a revoked token stops as soon as the token cache lets go
+of it (auth.TOKEN_CACHE_SECONDS).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import ipaddress
 from typing import Annotated, Any
 
 import anyio.to_thread
-from flask import Flask
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
@@ -24,6 +25,7 @@ from pydantic import Field
 from secrets_hub import __version__, audit, service
 from secrets_hub.auth import MCP, READ, Caller, authenticate_token
 from secrets_hub.errors import AuthenticationError, ForbiddenError, SecretsHubError
+from secrets_hub.runtime import Runtime, activated
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 INSTRUCTIONS = (
@@ -33,15 +35,19 @@ INSTRUCTIONS = (
 )
 
 
-def agent_caller(app: Flask, token: str, remote_addr: str | None = None) -> Caller:
-    """The agent behind `token`: it must hold the `mcp` scope, which grants reading through MCP alone."""
-    with app.app_context():
+def _reader(actor: str, allow: tuple[str, ...] | None, remote_addr: str | None) -> Caller:
+    """What the `mcp` scope grants: reading, within the token's key globs, through MCP alone."""
+    return Caller(actor=actor, channel="mcp", scopes=frozenset({READ}), allow=allow, remote_addr=remote_addr)
+
+
+def agent_caller(state: Runtime, token: str, remote_addr: str | None = None) -> Caller:
+    """The agent behind `token`: it must hold the `mcp` scope."""
+    with activated(state):
         caller = authenticate_token(token, "mcp", remote_addr)
         if MCP not in caller.scopes:
             audit.record_now(caller, "authenticate", None, "denied")
             raise ForbiddenError(f"Token lacks scope {MCP}")
-    return Caller(actor=caller.actor, channel="mcp", scopes=frozenset({READ}), allow=caller.allow,
-                  remote_addr=remote_addr)
+    return _reader(caller.actor, caller.allow, remote_addr)
 
 
 def _remote_addr(ctx: Context) -> str | None:
@@ -50,15 +56,21 @@ def _remote_addr(ctx: Context) -> str | None:
     return getattr(client, "host", None)
 
 
+class HubAccessToken(AccessToken):
+    """The SDK's access token plus our token's key globs: all a tool call needs to act for the agent."""
+
+    allow: tuple[str, ...] | None = None
+
+
 class HubTokenVerifier(TokenVerifier):
     """The SDK's token check, answered from our token table; scopes are enforced by AuthSettings."""
 
-    def __init__(self, app: Flask):
-        self.app = app
+    def __init__(self, state: Runtime):
+        self.state = state
 
     async def verify_token(self, token: str) -> AccessToken | None:
         def check() -> AccessToken | None:
-            with self.app.app_context():
+            with activated(self.state):
                 try:
                     caller = authenticate_token(token, "mcp", None)
                 except AuthenticationError:
@@ -66,12 +78,12 @@ class HubTokenVerifier(TokenVerifier):
                 if MCP not in caller.scopes:
                     # The SDK answers 403 (insufficient scope) before any tool runs: record the refusal here.
                     audit.record_now(caller, "authenticate", None, "denied")
-            return AccessToken(token=token, client_id=caller.actor, scopes=sorted(caller.scopes))
+            return HubAccessToken(token=token, client_id=caller.actor, scopes=sorted(caller.scopes), allow=caller.allow)
 
         return await anyio.to_thread.run_sync(check)
 
 
-def create_mcp_server(app: Flask, stdio_token: str | None = None, *, host: str = "127.0.0.1",
+def create_mcp_server(state: Runtime, stdio_token: str | None = None, *, host: str = "127.0.0.1",
                       port: int = 8765) -> MCPServer:
     """Build the server; `stdio_token` is the agent's token for stdio, None for HTTP (per-request tokens)."""
     http = stdio_token is None
@@ -79,7 +91,7 @@ def create_mcp_server(app: Flask, stdio_token: str | None = None, *, host: str =
         "secrets-hub",
         version=__version__,
         instructions=INSTRUCTIONS,
-        token_verifier=HubTokenVerifier(app) if http else None,
+        token_verifier=HubTokenVerifier(state) if http else None,
         auth=AuthSettings(
             issuer_url=f"http://{host}:{port}",
             resource_server_url=f"http://{host}:{port}/mcp",
@@ -88,22 +100,25 @@ def create_mcp_server(app: Flask, stdio_token: str | None = None, *, host: str =
         ) if http else None,
     )
 
-    def current_token() -> str:
-        if not http:
-            return stdio_token
+    def http_caller(ctx: Context) -> Caller:
+        """The verifier checked this request's token moments ago, in this request: act for the caller it found."""
         access = get_access_token()
-        if access is None:  # the middleware lets no unauthenticated request through; be explicit anyway
+        # The middleware lets no request through without a token holding the mcp scope; be explicit anyway.
+        if not isinstance(access, HubAccessToken):
             raise ToolError("Authentication required")
-        return access.token
+        if MCP not in access.scopes:
+            raise ToolError(f"Token lacks scope {MCP}")
+        return _reader(access.client_id, access.allow, _remote_addr(ctx))
 
     async def run(ctx: Context, use_case: Any) -> Any:
-        token, remote_addr = current_token(), _remote_addr(ctx)
+        caller = http_caller(ctx) if http else None
 
         def call() -> Any:
             try:
-                caller = agent_caller(app, token, remote_addr)
-                with app.app_context():
-                    return use_case(caller)
+                # Over stdio no transport checked the token: check it on every call.
+                acting = caller or agent_caller(state, stdio_token)
+                with activated(state):
+                    return use_case(acting)
             except SecretsHubError as error:
                 raise ToolError(error.message) from None
 
