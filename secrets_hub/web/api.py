@@ -46,7 +46,7 @@ def _body(schema: Schema) -> dict[str, Any]:
 
 
 def _data(schema: Schema, payload: Any):
-    return jsonify({"data": schemas.dump_rows(schema, payload) if schema.many else schema.dump(payload)})
+    return jsonify({"data": schemas.dump(schema, payload)})
 
 
 def _caller() -> auth.Caller:
