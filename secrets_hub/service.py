@@ -111,7 +111,8 @@ def update_secret(caller: Caller, key: str, value: str = UNSET, description: str
     def update(tx: Transaction) -> tuple[dict[str, Any] | None, int | None]:
         # One statement bumps the version, so concurrent writers are ordered by the row lock (PostgreSQL)
         # or the write lock (SQLite) and never lose an update or repeat a version number.
-        row = tx.update_secret(key, now, sealed, description, expected_version, keep_description=UNSET)
+        row = tx.update_secret(key, now, sealed, None if description is UNSET else description,
+                               set_description=description is not UNSET, expected_version=expected_version)
         if row is None:
             return None, tx.current_version(key)
         if sealed is not None:

@@ -32,8 +32,7 @@ T = TypeVar("T")
 MAX_IDLE = 16
 # connect_timeout bounds how long a request waits on an unreachable server before its 503: short, because
 # each server thread waiting on it holds back the requests queued behind it. Keepalives and
-# tcp_user_timeout (ms) end a connection whose network path died, instead of letting it hang. Every time
-# is read and written in UTC.
+# tcp_user_timeout (ms) end a connection whose network path died, instead of letting it hang.
 POSTGRESQL_CONNECT_ARGS = {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 5,
                            "keepalives_count": 3, "tcp_user_timeout": 10000}
 SQLITE_BUSY_SECONDS = 5.0
@@ -156,6 +155,7 @@ class _PostgreSQL(_Backend):
     def connect(self) -> Any:
         # Autocommit: a read is one round trip with no transaction to end; writes open theirs (`begin`).
         # Repeated statements are prepared by psycopg after a few runs, so the server plans them once.
+        # Times come back in UTC, as SQLite's do.
         return self.psycopg.connect(self.conninfo, autocommit=True, options="-c TimeZone=UTC",
                                     **POSTGRESQL_CONNECT_ARGS)
 
@@ -212,15 +212,14 @@ class Transaction:
         if version > keep:
             self.execute("DELETE FROM secret_versions WHERE secret_id = ? AND version <= ?", (secret_id, version - keep))
 
-    def update_secret(self, key: str, at: datetime, sealed: Any | None, description: Any,
-                      expected_version: int | None, keep_description: Any) -> dict[str, Any] | None:
+    def update_secret(self, key: str, at: datetime, sealed: Any | None, description: str | None,
+                      set_description: bool, expected_version: int | None) -> dict[str, Any] | None:
         """Set a new value (the version goes up by one, in the same statement) and/or the description.
 
-        `description` equal to `keep_description` leaves it as it is. None when no secret has `key`, or
-        when `expected_version` is given and is not the current version.
+        None when no secret has `key`, or when `expected_version` is given and is not the current version.
         """
         assignments, params = ["updated_at = ?"], [self._store.backend.time_in(at)]
-        if description is not keep_description:
+        if set_description:
             assignments.append("description = ?")
             params.append(description)
         if sealed is not None:
