@@ -9,7 +9,6 @@ from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from secrets_hub.config import load_settings
 from secrets_hub.crypto import SESSION_LABEL, derive_key
@@ -77,10 +76,6 @@ def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> 
         WTF_CSRF_TIME_LIMIT=None,
     )
     app.testing = bool((config or {}).get("TESTING"))
-    if settings.proxy_hops:
-        # Behind that many reverse proxies, the client's address and scheme come from X-Forwarded-*.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,
-                                x_host=settings.proxy_hops)
     app.session_interface = SessionInterface()
     db.init_app(app)
     # Registered after flask-sqlalchemy's, so it runs first: a connection that died during the request

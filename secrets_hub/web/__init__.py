@@ -9,6 +9,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from secrets_hub import users
 
@@ -58,13 +59,14 @@ class JSONProvider(DefaultJSONProvider):
         return self._app.response_class(body, mimetype=self.mimetype)
 
 
-def _security_headers(response):
+def security_headers(response):
     response.headers.update(SECURITY_HEADERS)
     return response
 
 
 def init_app(app: Flask) -> None:
     from secrets_hub.web import api, errors, pages
+    from secrets_hub.web.hot_path import HotPath
 
     app.json = JSONProvider(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.extensions["secrets_hub"].settings.ratelimit_storage)
@@ -85,4 +87,10 @@ def init_app(app: Flask) -> None:
     # every other request skips the limiter's per-request work.
     limiter.request_filter(lambda: request.blueprint != pages.bp.name)
     errors.init_app(app)
-    app.after_request(_security_headers)
+    app.after_request(security_headers)
+    app.wsgi_app = HotPath(app, app.wsgi_app)
+    hops = app.extensions["secrets_hub"].settings.proxy_hops
+    if hops:
+        # Behind that many reverse proxies, the client's address and scheme come from X-Forwarded-*;
+        # outermost, so that the hot path sees them too.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)

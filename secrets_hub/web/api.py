@@ -64,22 +64,23 @@ def authenticate() -> None:
             csrf.protect()
         g.caller = auth.caller_for_user(current_user, "ui", request.remote_addr)
         return
+    g.caller = bearer_caller(header, request.remote_addr)
+
+
+def bearer_caller(header: str | None, remote_addr: str | None) -> auth.Caller:
+    """The caller behind an `Authorization: Bearer` header; a failure is audited and counted per address."""
     # Checked before the token, so a blocked address learns nothing from the answer, right or wrong.
-    if not limiter.limiter.test(AUTH_FAILURE_LIMIT, "api-auth-failures", request.remote_addr):
+    if not limiter.limiter.test(AUTH_FAILURE_LIMIT, "api-auth-failures", remote_addr):
         raise TooManyRequestsError("Too many failed authentications; try again in a minute")
     try:
-        g.caller = _bearer_caller(header)
+        scheme, _, raw = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            audit.record_now(auth.anonymous("rest", remote_addr), "authenticate", None, "denied")
+            raise AuthenticationError()
+        return auth.authenticate_token(raw.strip(), "rest", remote_addr)
     except AuthenticationError:
-        limiter.limiter.hit(AUTH_FAILURE_LIMIT, "api-auth-failures", request.remote_addr)
+        limiter.limiter.hit(AUTH_FAILURE_LIMIT, "api-auth-failures", remote_addr)
         raise
-
-
-def _bearer_caller(header: str | None) -> auth.Caller:
-    scheme, _, raw = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not raw.strip():
-        audit.record_now(auth.anonymous("rest", request.remote_addr), "authenticate", None, "denied")
-        raise AuthenticationError()
-    return auth.authenticate_token(raw.strip(), "rest", request.remote_addr)
 
 
 @bp.after_request
@@ -106,7 +107,11 @@ def list_secrets():
            query=(VERSION_QUERY,), errors=(400, 403, 404, 500), response_headers=ETAG)
 def get_secret(key: str):
     version = request.args.get("version")
-    result = service.read_secret(_caller(), key, None if version is None else validate_version(version))
+    return value_response(service.read_secret(_caller(), key, None if version is None else validate_version(version)))
+
+
+def value_response(result: dict[str, Any]):
+    """A value read's answer: the value, and its version as the ETag."""
     response = _data(schemas.secret_value_schema, result)
     response.headers["ETag"] = f'"{result["version"]}"'
     return response

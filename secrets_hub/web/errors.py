@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+from flask import Flask, current_app, jsonify, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -33,15 +33,21 @@ def json_error(status: int, message: str):
     return response
 
 
-def init_app(app: Flask) -> None:
-    @app.errorhandler(SecretsHubError)
-    def domain_error(error: SecretsHubError):
-        return json_error(error.status, error.message)
+def domain_error(error: SecretsHubError):
+    """A refusal worded as the SPEC gives it; a database that stopped answering is logged too."""
+    if isinstance(error, DatabaseUnavailableError):
+        current_app.logger.error("database unavailable")
+    return json_error(error.status, error.message)
 
-    @app.errorhandler(DatabaseUnavailableError)
-    def unavailable(error: DatabaseUnavailableError):
-        app.logger.error("database unavailable")
-        return json_error(503, error.message)
+
+def unexpected_error(method: str, path: str):
+    # The traceback goes to the server log only; the client learns nothing about internals.
+    current_app.logger.exception("unhandled error on %s %s", method, path)
+    return json_error(500, "Internal server error")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(SecretsHubError, domain_error)
 
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError):
@@ -72,8 +78,4 @@ def init_app(app: Flask) -> None:
         app.logger.error("database unavailable: %s", type(error).__name__)
         return json_error(503, DatabaseUnavailableError().message)
 
-    @app.errorhandler(Exception)
-    def unexpected_error(error: Exception):
-        # The traceback goes to the server log only; the client learns nothing about internals.
-        app.logger.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "Internal server error")
+    app.register_error_handler(Exception, lambda _error: unexpected_error(request.method, request.path))

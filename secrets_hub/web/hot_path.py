@@ -1,0 +1,62 @@
+"""The API's busiest route, `GET /api/secrets/<key>` with a Bearer token, without Flask's request machinery.
+
+An audited value read is what apps and agents do most. Around it, Flask's request context, routing,
+session handling and before/after hooks cost about as much CPU as the read itself (the token check,
+one query, the decryption and the audit event); served from here, the same read answers about
+twice as many requests per second.
+
+It is the same read, not a second implementation of it: the API's own functions check the token
+(with the failed-authentication limit) and shape the answer, the service runs the read (scopes,
+key globs, audit), and errors get the API's error answers and headers, all under the app's context.
+Only that exact shape of request comes here; anything else (another method, a query string, no
+Bearer token, a path with more segments) goes to Flask untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from flask import Flask
+from werkzeug.wsgi import get_path_info
+
+from secrets_hub import service
+from secrets_hub.errors import SecretsHubError
+from secrets_hub.web import api, errors, security_headers
+
+PREFIX = "/api/secrets/"
+
+
+def value_read_key(environ: dict[str, Any]) -> str | None:
+    """The key of a plain Bearer value read (no query string: `?version=` goes to Flask), else None."""
+    if environ.get("REQUEST_METHOD") != "GET" or environ.get("QUERY_STRING"):
+        return None
+    if environ.get("HTTP_AUTHORIZATION", "")[:7].lower() != "bearer ":
+        return None
+    path = get_path_info(environ)  # decoded the way Flask decodes it
+    key = path[len(PREFIX):] if path.startswith(PREFIX) else ""
+    return key if key and "/" not in key else None
+
+
+class HotPath:
+    """WSGI middleware in front of the Flask app: value reads are answered here, everything else there."""
+
+    def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]]):
+        self.app, self.wsgi_app = app, wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        key = value_read_key(environ)
+        if key is None:
+            return self.wsgi_app(environ, start_response)
+        with self.app.app_context():
+            return self._read(key, environ)(environ, start_response)
+
+    def _read(self, key: str, environ: dict[str, Any]):
+        try:
+            caller = api.bearer_caller(environ["HTTP_AUTHORIZATION"], environ.get("REMOTE_ADDR"))
+            response = api.value_response(service.read_secret(caller, key))
+        except SecretsHubError as error:
+            response = errors.domain_error(error)
+        except Exception:  # noqa: BLE001 - answered as Flask's handler answers it, logged with the traceback
+            response = errors.unexpected_error("GET", get_path_info(environ))
+        # The after-request hooks the API's responses get in Flask.
+        return security_headers(api.no_store(response))

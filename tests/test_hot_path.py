@@ -1,0 +1,85 @@
+"""The value read's hot path: served without dispatching a Flask request, and answered byte for byte as the
+Flask route answers it (the same read with `?version=N` still goes through Flask, so the two can be compared)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import request_started
+
+from conftest import bearer
+from secrets_hub.db import db
+from secrets_hub.models import AuditEvent
+
+
+@pytest.fixture
+def dispatched(app) -> list[str]:
+    """The paths of the requests Flask dispatched (its request_started signal)."""
+    paths: list[str] = []
+
+    def started(_sender: Any, **_extra: Any) -> None:
+        from flask import request
+
+        paths.append(request.full_path.rstrip("?"))
+
+    request_started.connect(started, app)
+    yield paths
+    request_started.disconnect(started, app)
+
+
+def answer(response) -> tuple[int, bytes, dict[str, str]]:
+    headers = {name: value for name, value in response.headers.items() if name != "Date"}
+    return response.status_code, response.data, headers
+
+
+def audit_rows(app) -> list[tuple[str, str, str | None, str, str]]:
+    with app.app_context():
+        rows = db.session.query(AuditEvent.actor, AuditEvent.action, AuditEvent.key, AuditEvent.outcome,
+                                AuditEvent.channel).order_by(AuditEvent.id).all()
+        db.session.remove()
+    return [tuple(row) for row in rows]
+
+
+def test_a_value_read_skips_flask_and_answers_as_the_flask_route_does(app, client, admin_token, make_token,
+                                                                       dispatched):
+    auth = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=auth).status_code == 200
+    del dispatched[:]
+    narrow = bearer(make_token("secrets:read", allow=["OTHER_*"], name="narrow"))
+    no_read = bearer(make_token("secrets:write", name="writer"))
+    cases = [
+        ("HOT", auth, 200),
+        ("MISSING", auth, 404),
+        ("HOT", narrow, 403),  # outside the token's globs
+        ("HOT", no_read, 403),  # without secrets:read
+        ("HOT", bearer("shub_not-a-token"), 401),
+        ("lower_case", auth, 404),  # a key no secret can have
+    ]
+    for key, headers, status in cases:
+        hot = client.get(f"/api/secrets/{key}", headers=headers)
+        through_flask = client.get(f"/api/secrets/{key}?version=1", headers=headers)
+        assert hot.status_code == status, hot.get_json()
+        assert answer(hot) == answer(through_flask), key
+    assert hot.headers["Cache-Control"] == "no-store"
+    assert hot.headers["X-Content-Type-Options"] == "nosniff"
+    # Only the reads with a query string were dispatched by Flask.
+    assert dispatched == [f"/api/secrets/{key}?version=1" for key, _, _ in cases]
+    # Both ways are audited alike: every read twice, once per way.
+    events = [row for row in audit_rows(app) if row[1] in ("read", "authenticate")]
+    assert events[0::2] == events[1::2]
+    assert events[0] == ("admin", "read", "HOT", "ok", "rest")
+
+
+def test_other_requests_on_the_same_path_go_through_flask(app, client, admin_token, dispatched):
+    auth = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=auth).status_code == 200
+    del dispatched[:]
+    assert client.head("/api/secrets/HOT", headers=auth).status_code == 200
+    assert client.put("/api/secrets/HOT", json={"value": "v2"}, headers=auth).status_code == 200
+    assert client.get("/api/secrets/HOT/versions", headers=auth).status_code == 200
+    assert client.get("/api/secrets/HOT", headers={"Authorization": f"Basic {admin_token}"}).status_code == 401
+    assert client.get("/api/secrets/HOT").status_code == 401
+    assert dispatched == ["/api/secrets/HOT"] * 2 + ["/api/secrets/HOT/versions"] + ["/api/secrets/HOT"] * 2
+    assert client.get("/api/secrets/HOT", headers=auth).get_json() == {"data": {"key": "HOT", "value": "v2"}}
+    assert len(dispatched) == 5  # the Bearer read of the new value took the hot path
