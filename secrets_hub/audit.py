@@ -105,8 +105,8 @@ class GroupCommitWriter:
                     break
             error = None
             try:
-                # One transaction for the whole batch. The store replaces a connection that died while idle; any
-                # other failure (a locked SQLite file has already waited out its busy timeout) is final.
+                # One statement, so one transaction, for the whole batch. The store replaces connections that died
+                # while idle; any other failure (a locked SQLite file has waited out its busy timeout) is final.
                 self._store.append_audit([pending.row for pending in batch])
             except Exception as failure:  # noqa: BLE001 - handed to every waiting request, which fails with it
                 error = failure

@@ -62,6 +62,16 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def _sqlite_in_instance(url: str, instance_path: Path) -> str:
+    """A relative SQLite path lies in the instance folder (as Flask-SQLAlchemy reads it), made absolute here
+    so that every part (the app, the store, `secrets-hub init`) opens the same file."""
+    prefix = "sqlite:///"
+    path, question, query = url[len(prefix):].partition("?")
+    if not url.startswith(prefix) or not path or path.startswith("/") or path == ":memory:":
+        return url
+    return f"{prefix}{instance_path / path}{question}{query}"
+
+
 def _whole_number(env: Mapping[str, Any], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
     if raw in (None, ""):
@@ -92,7 +102,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
 
     return Settings(
         instance_path=instance_path,
-        database_url=normalize_database_url(database_url),
+        database_url=_sqlite_in_instance(normalize_database_url(database_url), instance_path),
         master_key=master_key,
         master_key_source=source,
         old_master_keys=old_keys,

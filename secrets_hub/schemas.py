@@ -218,7 +218,7 @@ revoked_schema = RevokedSchema()
 skills_schema = SkillSchema(many=True)
 
 
-# Field types whose dump is a plain function of the attribute's value, for `dump_rows`.
+# Field types whose dump is a plain function of the attribute's value, for `dump`.
 _FLAT_FIELDS: dict[type[fields.Field], Callable[[Any], Any]] = {
     fields.String: lambda value: value,
     fields.Integer: lambda value: value,

@@ -9,8 +9,9 @@ processing and pool events cost several times the query itself, and importing it
 
 Connections: each process keeps its idle connections in a small LIFO list; an operation takes one
 and gives it back. A connection that died while idle (a database restart, `pg_terminate_backend`)
-is replaced and the operation run again, once, when the failure came before anything could have
-been committed: what SQLAlchemy's pool_pre_ping gives, without a round trip per request.
+is replaced, with every idle one beside it, and the operation run again once: a write only when the
+failure came before its COMMIT was sent (an audit batch, a single statement, may then be recorded
+twice, never lost). What SQLAlchemy's pool_pre_ping gives, without a round trip per request.
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ class _Backend:
 
     name: str
     unavailable: tuple[type[BaseException], ...]
-    integrity: tuple[type[BaseException], ...]
     invalid: tuple[type[BaseException], ...]  # input the database refused (a NUL in text, a number out of range)
 
     def connect(self) -> Any:
@@ -98,11 +98,14 @@ class _Backend:
     def is_missing_table(self, error: BaseException) -> bool:
         raise NotImplementedError
 
+    def is_conflict(self, error: BaseException) -> bool:
+        """A unique constraint refused the row (other integrity errors are bugs, not conflicts)."""
+        raise NotImplementedError
+
 
 class _SQLite(_Backend):
     name = "sqlite"
     unavailable = (sqlite3.OperationalError, sqlite3.InterfaceError)
-    integrity = (sqlite3.IntegrityError,)
     invalid = (sqlite3.DataError,)
 
     def __init__(self, path: str):
@@ -131,6 +134,9 @@ class _SQLite(_Backend):
     def is_missing_table(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.OperationalError) and str(error).startswith("no such table")
 
+    def is_conflict(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.IntegrityError) and str(error).startswith("UNIQUE constraint failed")
+
     def time_in(self, value: datetime | None) -> str | None:
         # SQLAlchemy's format for SQLite (naive UTC, microseconds), so either side reads what the other wrote.
         return None if value is None else value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
@@ -145,19 +151,21 @@ class _PostgreSQL(_Backend):
 
     def __init__(self, conninfo: str):
         import psycopg
+        from psycopg.conninfo import conninfo_to_dict
 
-        self.conninfo = conninfo
+        # The URL's own settings win over our defaults; times come back in UTC, as SQLite's do, whatever
+        # server options the URL sets besides.
+        params = {**POSTGRESQL_CONNECT_ARGS, **conninfo_to_dict(conninfo)}
+        params["options"] = " ".join(filter(None, [params.get("options"), "-c TimeZone=UTC"]))
+        self.params = params
         self.psycopg = psycopg
         self.unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
-        self.integrity = (psycopg.errors.UniqueViolation,)
         self.invalid = (psycopg.DataError,)
 
     def connect(self) -> Any:
         # Autocommit: a read is one round trip with no transaction to end; writes open theirs (`begin`).
         # Repeated statements are prepared by psycopg after a few runs, so the server plans them once.
-        # Times come back in UTC, as SQLite's do.
-        return self.psycopg.connect(self.conninfo, autocommit=True, options="-c TimeZone=UTC",
-                                    **POSTGRESQL_CONNECT_ARGS)
+        return self.psycopg.connect(autocommit=True, **self.params)
 
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
@@ -172,6 +180,9 @@ class _PostgreSQL(_Backend):
 
     def is_missing_table(self, error: BaseException) -> bool:
         return isinstance(error, self.psycopg.errors.UndefinedTable)
+
+    def is_conflict(self, error: BaseException) -> bool:
+        return isinstance(error, self.psycopg.errors.UniqueViolation)
 
 
 def _backend_for(database_url: str) -> _Backend:
@@ -269,7 +280,7 @@ class Store:
         connection.close()
 
     def close(self) -> None:
-        """Close the idle connections (those in use close when given back after this)."""
+        """Close the idle connections; one in use now is kept when it is given back."""
         with self._lock:
             idle, self._idle = self._idle, []
         for connection in idle:
@@ -309,26 +320,35 @@ class Store:
                     if shortened:
                         backend.wait_at_most(connection, SQLITE_BUSY_SECONDS)
             except BaseException as error:
-                if backend.is_missing_table(error):
-                    self._give_back(connection)
-                    raise ConfigError(NOT_INITIALISED) from None
-                if isinstance(error, backend.integrity):
-                    self._give_back(connection)
-                    raise Conflict() from None
-                if isinstance(error, backend.invalid):
-                    self._give_back(connection)
-                    raise ValidationError("Bad request") from None
+                refusal = self._refusal(error)
+                if refusal is not None and not committing:
+                    self._give_back(connection)  # the statement was refused and rolled back; the connection is fine
+                    raise refusal from None
                 dead = backend.is_dead(connection)
                 connection.close()
+                if refusal is not None:
+                    raise refusal from None
                 if not isinstance(error, backend.unavailable):
                     raise
-                # Died before anything could be committed: the server threw the work away, so run it again.
+                # Died before anything could be committed: the server threw the work away, so run it again, on a
+                # new connection: the ones idle beside it most likely died with it (a database restart).
                 if dead and may_retry and not committing:
+                    self.close()
                     may_retry = False
                     continue
                 raise DatabaseUnavailableError() from None
             self._give_back(connection)
             return result
+
+    def _refusal(self, error: BaseException) -> Exception | None:
+        """Our error for a statement the database refused, as opposed to a database that failed."""
+        if self.backend.is_missing_table(error):
+            return ConfigError(NOT_INITIALISED)
+        if self.backend.is_conflict(error):
+            return Conflict()
+        if isinstance(error, self.backend.invalid):
+            return ValidationError("Bad request")
+        return None
 
     def _fetch(self, statement: str, params: Sequence[Any] = (), one: bool = False) -> Any:
         statement = self.backend.sql(statement)

@@ -561,3 +561,79 @@ def test_postgres_scheme_works_end_to_end(backend, config, run_cli):
     got = run_cli("get", "PG_SHORT", env={"DATABASE_URL": short_form})
     assert got.returncode == 0, got.stderr
     assert got.stdout == "via-postgres-scheme\n"
+
+
+# --------------------------------------------------------------------------- the store's connections
+
+
+def test_connections_that_died_while_idle_are_replaced_without_a_failed_request(request, app, client, admin_token):
+    """A database restart kills every idle connection: the next requests still succeed (no 503)."""
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        pytest.skip("only PostgreSQL connections die under a running server")
+    import concurrent.futures
+
+    import psycopg
+
+    auth = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "SURVIVES", "value": "v"}, headers=auth).status_code == 200
+    # Several requests at once leave several idle connections behind.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: app.test_client().get("/api/secrets/SURVIVES", headers=auth).status_code,
+                                 range(32)))
+    assert statuses == [200] * 32
+    idle = len(app.extensions["secrets_hub"].store._idle)
+    assert idle > 1
+    url = request.getfixturevalue("postgres_database")
+    with psycopg.connect(url, autocommit=True) as admin:
+        killed = admin.execute("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t").fetchone()[0]
+    assert killed >= idle
+    for _ in range(idle + 2):
+        response = client.get("/api/secrets/SURVIVES", headers=auth)
+        assert (response.status_code, response.get_json()) == (200, {"data": {"key": "SURVIVES", "value": "v"}})
+    assert client.put("/api/secrets/SURVIVES", json={"value": "w"}, headers=auth).status_code == 200
+
+
+def test_server_options_in_a_postgresql_url_are_kept(request, tmp_path):
+    """`?options=-csearch_path=...` reaches every connection: the app's tables live in that schema alone."""
+    import psycopg
+
+    url = request.getfixturevalue("postgres_database")
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("DROP SCHEMA IF EXISTS alt CASCADE")
+        admin.execute("CREATE SCHEMA alt")
+    config = {"SECRETS_HUB_INSTANCE_PATH": str(tmp_path / "instance"), "SECRETS_HUB_MASTER_KEY": MASTER_KEY,
+              "DATABASE_URL": f"{url}?options=-csearch_path%3Dalt", "SECRETS_HUB_PLUGINS_DIR": str(tmp_path / "plugins"),
+              "SECRETS_HUB_LOAD_ENTRYPOINTS": "0"}
+    app = None
+    try:
+        bootstrap.initialize(config)
+        app = create_app(config)
+        with app.app_context():
+            from secrets_hub.auth import operator
+
+            caller = operator("tests")
+            service.create_secret(caller, "IN_ALT", "in-alt")
+            assert service.read_secret(caller, "IN_ALT")["value"] == "in-alt"
+        with psycopg.connect(url, autocommit=True) as admin:
+            assert admin.execute("SELECT key FROM alt.secrets").fetchall() == [("IN_ALT",)]
+            assert admin.execute("SELECT to_regclass('alt.audit_events') IS NOT NULL").fetchone() == (True,)
+    finally:
+        if app is not None:
+            with app.app_context():
+                db.session.remove()
+                db.engine.dispose()
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("DROP SCHEMA alt CASCADE")
+
+
+def test_a_relative_sqlite_path_lies_in_the_instance_folder(config, run_cli, tmp_path):
+    relative = {"DATABASE_URL": "sqlite:///data.db"}
+    assert (tmp_path / "instance").exists() is False
+    for args in (("init",), ("set", "RELATIVE")):
+        result = run_cli(*args, input="in-the-instance\n", env=relative)
+        assert result.returncode == 0, result.stderr
+    got = run_cli("get", "RELATIVE", env=relative)
+    assert (got.returncode, got.stdout) == (0, "in-the-instance\n")
+    assert (tmp_path / "instance" / "data.db").is_file()
+    assert not (tmp_path / "data.db").exists()  # the CLI ran in tmp_path: nothing was opened there
