@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
-from secrets_hub.store import POSTGRESQL_CONNECT_ARGS
+from secrets_hub.store import POSTGRESQL_CONNECT_ARGS, sqlite_pragmas
 
 
 class Base(DeclarativeBase):
@@ -40,7 +40,7 @@ class UTCDateTime(TypeDecorator):
 
 
 def engine_options(database_url: str) -> dict:
-    """Pool settings: PostgreSQL keeps a checked pool; SQLite needs none beyond the pragmas below."""
+    """Pool settings: PostgreSQL keeps a checked pool; SQLite needs none beyond its pragmas (below)."""
     if database_url.startswith("postgresql"):
         # The admin paths' pool (users, tokens, rotation, backup); requests for secrets use the store's.
         return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 20, "pool_recycle": 1800,
@@ -50,12 +50,5 @@ def engine_options(database_url: str) -> dict:
 
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, _record):
-    # WAL lets readers run beside the one writer; busy_timeout makes a writer retry a locked database
-    # for up to 5 s before the request is answered 503 "Database unavailable".
     if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        sqlite_pragmas(dbapi_connection)

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from secrets_hub.db import Base, UTCDateTime
-from secrets_hub.store import utcnow
+from secrets_hub.store import new_uuid, utcnow
 
 # Keys sort in code-point order on both backends: SQLite's default BINARY collation does; PostgreSQL needs "C".
 KeyText = Text().with_variant(Text(collation="C"), "postgresql")
 AuditId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def new_uuid() -> str:
-    return str(uuid.uuid4())
 
 
 class User(Base):

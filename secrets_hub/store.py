@@ -51,6 +51,22 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def sqlite_pragmas(connection: sqlite3.Connection) -> None:
+    """The settings of every SQLite connection, the store's and SQLAlchemy's alike.
+
+    WAL lets readers run beside the one writer; the busy timeout makes a writer wait for a locked database
+    for up to 5 s before the request is answered 503 "Database unavailable".
+    """
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+    connection.execute("PRAGMA foreign_keys=ON")
+
+
 def _insert(table: str, columns: Sequence[str], rows: int = 1) -> str:
     # Only this module's own table and column names are ever joined in; values are always parameters.
     values = ", ".join([f"({', '.join('?' for _ in columns)})"] * rows)
@@ -113,13 +129,8 @@ class _SQLite(_Backend):
 
     def connect(self) -> sqlite3.Connection:
         # Autocommit mode: reads take no transaction; writes open theirs explicitly (`begin`).
-        connection = sqlite3.connect(self.path, timeout=SQLITE_BUSY_SECONDS, isolation_level=None,
-                                     check_same_thread=False)
-        # WAL lets readers run beside the one writer; the timeout makes a writer wait for a locked database
-        # for up to 5 s before the request is answered 503 "Database unavailable".
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA foreign_keys=ON")
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        sqlite_pragmas(connection)
         return connection
 
     def wait_at_most(self, connection: sqlite3.Connection, seconds: float) -> None:
@@ -207,7 +218,7 @@ class Transaction:
     def insert_secret(self, key: str, sealed: Any, description: str | None, created_at: datetime,
                       updated_at: datetime, created_by: str | None) -> str:
         """A new secret at version 1; Conflict if the key exists. Returns its id."""
-        secret_id = str(uuid.uuid4())
+        secret_id = new_uuid()
         time_in = self._store.backend.time_in
         self.execute(_insert("secrets", SECRET_COLUMNS), (
             secret_id, key, sealed.encrypted_value, sealed.iv, description, time_in(created_at), time_in(updated_at),

@@ -17,8 +17,8 @@ from secrets_hub import audit
 from secrets_hub.auth import ADMIN, Caller, authorize
 from secrets_hub.db import db
 from secrets_hub.errors import ConflictError, ValidationError
-from secrets_hub.models import User, new_uuid
-from secrets_hub.store import utcnow
+from secrets_hub.models import User
+from secrets_hub.store import new_uuid, utcnow
 
 EMAIL_PATTERN = re.compile(r"[^@\s\x00]+@[^@\s\x00]+")
 MIN_PASSWORD = 8
