@@ -10,6 +10,7 @@ from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
+from secrets_hub.auth import bearer_token
 from secrets_hub.config import load_settings
 from secrets_hub.crypto import SESSION_LABEL, derive_key
 from secrets_hub.db import db, engine_options
@@ -34,7 +35,7 @@ class SessionInterface(SecureCookieSessionInterface):
     """
 
     def open_session(self, app: Flask, request):
-        if request.headers.get("Authorization", "")[:7].lower() == "bearer ":
+        if bearer_token(request.headers.get("Authorization")) is not None:
             return self.make_null_session(app)
         return super().open_session(app, request)
 

@@ -102,6 +102,12 @@ def _touch(record: TokenRecord, now: datetime) -> None:
     )
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case), else None."""
+    scheme, _, raw = (authorization or "").partition(" ")
+    return (raw.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def authenticate_token(raw_token: str, channel: str, remote_addr: str | None) -> Caller:
     """Turn a Bearer token into a Caller; unknown, malformed and expired tokens are refused alike."""
     record = None

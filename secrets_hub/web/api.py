@@ -73,11 +73,11 @@ def bearer_caller(header: str | None, remote_addr: str | None) -> auth.Caller:
     if not limiter.limiter.test(AUTH_FAILURE_LIMIT, "api-auth-failures", remote_addr):
         raise TooManyRequestsError("Too many failed authentications; try again in a minute")
     try:
-        scheme, _, raw = (header or "").partition(" ")
-        if scheme.lower() != "bearer" or not raw.strip():
+        token = auth.bearer_token(header)
+        if token is None:
             audit.record_now(auth.anonymous("rest", remote_addr), "authenticate", None, "denied")
             raise AuthenticationError()
-        return auth.authenticate_token(raw.strip(), "rest", remote_addr)
+        return auth.authenticate_token(token, "rest", remote_addr)
     except AuthenticationError:
         limiter.limiter.hit(AUTH_FAILURE_LIMIT, "api-auth-failures", remote_addr)
         raise

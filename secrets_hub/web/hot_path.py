@@ -20,6 +20,7 @@ from flask import Flask
 from werkzeug.wsgi import get_path_info
 
 from secrets_hub import service
+from secrets_hub.auth import bearer_token
 from secrets_hub.errors import SecretsHubError
 from secrets_hub.web import api, errors, security_headers
 
@@ -30,7 +31,7 @@ def value_read_key(environ: dict[str, Any]) -> str | None:
     """The key of a plain Bearer value read (no query string: `?version=` goes to Flask), else None."""
     if environ.get("REQUEST_METHOD") != "GET" or environ.get("QUERY_STRING"):
         return None
-    if environ.get("HTTP_AUTHORIZATION", "")[:7].lower() != "bearer ":
+    if bearer_token(environ.get("HTTP_AUTHORIZATION")) is None:
         return None
     path = get_path_info(environ)  # decoded the way Flask decodes it
     key = path[len(PREFIX):] if path.startswith(PREFIX) else ""
