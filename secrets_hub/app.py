@@ -85,7 +85,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, web: bool = True) -> 
     app.extensions["secrets_hub"] = state
     with app.app_context():
         # Whoever releases the app's database connections (db.engine.dispose()) releases the store's too.
-        event.listen(db.engine, "engine_disposed", lambda _engine: state.store.close())
+        event.listen(db.engine, "engine_disposed", lambda _engine: state.close())
     if web:
         from secrets_hub import web as http
 
