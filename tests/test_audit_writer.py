@@ -1,0 +1,122 @@
+"""The group commit of stand-alone audit events (reads, refusals): every event committed before its request
+answers, events that arrive while a batch is written share the next commit, a failure reaches every request
+of its batch and no other, and the turn to write passes on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from secrets_hub import audit
+from secrets_hub.auth import operator
+from secrets_hub.errors import DatabaseUnavailableError
+from secrets_hub.runtime import activated
+
+
+def wait_for(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def runtime(app):
+    return app.extensions["secrets_hub"]
+
+
+def keys_in_log(runtime) -> list[str]:
+    with activated(runtime):
+        return sorted(event["key"] for event in audit.list_events(limit=1000) if event["action"] == "probe")
+
+
+def record(runtime, key: str, errors: dict[str, BaseException]) -> None:
+    with activated(runtime):
+        try:
+            audit.record_now(operator("tester"), "probe", key, "ok")
+        except Exception as error:  # noqa: BLE001 - collected for the test's assertions
+            errors[key] = error
+
+
+def test_events_arriving_during_a_commit_share_the_next_one(runtime, monkeypatch):
+    writer, store = runtime.audit_writer, runtime.store
+    batches: list[list[str]] = []
+    first_batch_may_commit = threading.Event()
+    append_audit = store.append_audit
+
+    def held_first(events: list[dict[str, Any]]) -> None:
+        batches.append([event["key"] for event in events])
+        if len(batches) == 1:
+            first_batch_may_commit.wait(10)
+        append_audit(events)
+
+    monkeypatch.setattr(store, "append_audit", held_first)
+    errors: dict[str, BaseException] = {}
+    first = threading.Thread(target=record, args=(runtime, "K00", errors))
+    first.start()
+    wait_for(lambda: batches)  # K00 is being written
+    others = [threading.Thread(target=record, args=(runtime, f"K{n:02d}", errors)) for n in range(1, 9)]
+    for thread in others:
+        thread.start()
+    wait_for(lambda: len(writer._waiting) == 8)
+    assert not any(key in keys_in_log(runtime) for key in ("K00", "K01"))  # nobody answered yet
+    first_batch_may_commit.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert errors == {}
+    assert batches[0] == ["K00"]
+    assert sorted(batches[1]) == [f"K{n:02d}" for n in range(1, 9)] and len(batches) == 2
+    assert keys_in_log(runtime) == [f"K{n:02d}" for n in range(9)]
+
+
+def test_a_failed_commit_fails_its_own_batch_only_and_the_next_request_writes(runtime, monkeypatch):
+    store = runtime.store
+    append_audit = store.append_audit
+    calls: list[int] = []
+
+    def failing_once(events: list[dict[str, Any]]) -> None:
+        calls.append(len(events))
+        if len(calls) == 1:
+            raise DatabaseUnavailableError()
+        append_audit(events)
+
+    monkeypatch.setattr(store, "append_audit", failing_once)
+    errors: dict[str, BaseException] = {}
+    record(runtime, "LOST", errors)
+    assert isinstance(errors.pop("LOST"), DatabaseUnavailableError)
+    threads = [threading.Thread(target=record, args=(runtime, f"K{n:02d}", errors)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == {}
+    assert keys_in_log(runtime) == [f"K{n:02d}" for n in range(20)]
+    assert sum(calls[1:]) == 20  # every event written exactly once
+
+
+def test_a_request_whose_writer_hangs_gives_up_and_its_event_is_not_written_later(runtime, monkeypatch):
+    store = runtime.store
+    append_audit = store.append_audit
+    release = threading.Event()
+
+    def hanging_first(events: list[dict[str, Any]]) -> None:
+        if not release.is_set():
+            release.wait(10)
+        append_audit(events)
+
+    monkeypatch.setattr(store, "append_audit", hanging_first)
+    monkeypatch.setattr(audit, "WAIT_SECONDS", 0.2)
+    errors: dict[str, BaseException] = {}
+    stuck = threading.Thread(target=record, args=(runtime, "STUCK", errors))
+    stuck.start()
+    wait_for(lambda: runtime.audit_writer._writing)
+    record(runtime, "GAVE_UP", errors)  # waits 0.2 s for the stuck writer, then fails
+    assert isinstance(errors.pop("GAVE_UP"), DatabaseUnavailableError)
+    release.set()
+    stuck.join(10)
+    record(runtime, "AFTER", errors)
+    assert errors == {}
+    assert keys_in_log(runtime) == ["AFTER", "STUCK"]
