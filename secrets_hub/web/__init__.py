@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
@@ -49,14 +51,17 @@ class JSONProvider(DefaultJSONProvider):
     OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATETIME
                | orjson.OPT_PASSTHROUGH_DATACLASS)
 
+    def body(self, obj: Any) -> bytes:
+        """`obj` as the body of a JSON response; needs no app context."""
+        if not self._app.debug and self.compact is not False:
+            try:
+                return orjson.dumps(obj, default=self.default, option=self.OPTIONS)
+            except orjson.JSONEncodeError:
+                pass
+        return super().response(obj).get_data()
+
     def response(self, *args, **kwargs):
-        if self._app.debug or self.compact is False:
-            return super().response(*args, **kwargs)
-        try:
-            body = orjson.dumps(self._prepare_response_obj(args, kwargs), default=self.default, option=self.OPTIONS)
-        except orjson.JSONEncodeError:
-            return super().response(*args, **kwargs)
-        return self._app.response_class(body, mimetype=self.mimetype)
+        return self._app.response_class(self.body(self._prepare_response_obj(args, kwargs)), mimetype=self.mimetype)
 
 
 def security_headers(response):

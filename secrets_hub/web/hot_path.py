@@ -7,7 +7,8 @@ twice as many requests per second.
 
 It is the same read, not a second implementation of it: the API's own functions check the token
 (with the failed-authentication limit) and shape the answer, the service runs the read (scopes,
-key globs, audit), and errors get the API's error answers and headers, all under the app's context.
+key globs, audit), the answer carries the headers the API's after-request hooks add, and errors get
+the API's error answers under the app's context.
 Only that exact shape of request comes here; anything else (another method, a query string, no
 Bearer token, a path with more segments) goes to Flask untouched.
 """
@@ -22,9 +23,12 @@ from werkzeug.wsgi import get_path_info
 from secrets_hub import service
 from secrets_hub.auth import bearer_token
 from secrets_hub.errors import SecretsHubError
-from secrets_hub.web import api, errors, security_headers
+from secrets_hub.runtime import activated
+from secrets_hub.web import SECURITY_HEADERS, api, errors, security_headers
 
 PREFIX = "/api/secrets/"
+# What the API's after-request hooks add to every answer (api.no_store, security_headers).
+AFTER_REQUEST_HEADERS = [*api.NO_STORE.items(), *SECURITY_HEADERS.items()]
 
 
 def value_read_key(environ: dict[str, Any]) -> str | None:
@@ -48,16 +52,23 @@ class HotPath:
         key = value_read_key(environ)
         if key is None:
             return self.wsgi_app(environ, start_response)
-        with self.app.app_context():
-            return self._read(key, environ)(environ, start_response)
-
-    def _read(self, key: str, environ: dict[str, Any]):
+        # The service finds its runtime without an app context; only a refusal needs one (below), to be
+        # answered by the API's error handlers.
         try:
-            caller = api.bearer_caller(environ["HTTP_AUTHORIZATION"], environ.get("REMOTE_ADDR"))
-            response = api.value_response(service.read_secret(caller, key))
-        except SecretsHubError as error:
+            with activated(self.app.extensions["secrets_hub"]):
+                caller = api.bearer_caller(environ["HTTP_AUTHORIZATION"], environ.get("REMOTE_ADDR"))
+                body, headers = api.value_answer(self.app.json, service.read_secret(caller, key))
+        except Exception as error:  # noqa: BLE001 - answered as Flask's handlers answer it
+            with self.app.app_context():
+                return self._refusal(error, environ)(environ, start_response)
+        start_response("200 OK", [("Content-Type", self.app.json.mimetype), ("Content-Length", str(len(body))),
+                                  *headers.items(), *AFTER_REQUEST_HEADERS])
+        return [body]
+
+    @staticmethod
+    def _refusal(error: Exception, environ: dict[str, Any]):
+        if isinstance(error, SecretsHubError):
             response = errors.domain_error(error)
-        except Exception:  # noqa: BLE001 - answered as Flask's handler answers it, logged with the traceback
+        else:  # logged with its traceback, as Flask's handler does
             response = errors.unexpected_error("GET", get_path_info(environ))
-        # The after-request hooks the API's responses get in Flask.
         return security_headers(api.no_store(response))
