@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
-from flask import Flask, request
+from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -69,6 +70,20 @@ def security_headers(response):
     return response
 
 
+def _limit_pages_only(app: Flask, pages: str) -> None:
+    """Only sign-in carries a flask-limiter limit (the API counts failed authentications itself): its
+    hooks, which init_app adds for every request, are moved onto the pages' blueprint, so the API's
+    requests skip their work (about a tenth of a write's CPU)."""
+    def limiters(hook) -> bool:
+        owner = hook.args[0] if isinstance(hook, partial) else getattr(hook, "__self__", None)
+        return owner is limiter
+
+    for hooks in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs):
+        moved = [hook for hook in hooks.get(None, []) if limiters(hook)]
+        hooks[None] = [hook for hook in hooks[None] if not limiters(hook)]
+        hooks.setdefault(pages, []).extend(moved)
+
+
 def init_app(app: Flask) -> None:
     from secrets_hub.web import api, errors, pages
     from secrets_hub.web.hot_path import HotPath
@@ -88,9 +103,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health_bp)
     app.register_blueprint(pages.bp)
-    # Only sign-in carries a flask-limiter limit (the API counts failed authentications itself), so
-    # every other request skips the limiter's per-request work.
-    limiter.request_filter(lambda: request.blueprint != pages.bp.name)
+    _limit_pages_only(app, pages.bp.name)
     errors.init_app(app)
     app.after_request(security_headers)
     app.wsgi_app = HotPath(app, app.wsgi_app)

@@ -49,18 +49,18 @@ class HotPath:
         self.app, self.wsgi_app = app, wsgi_app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        key = value_read_key(environ)
-        if key is None:
-            return self.wsgi_app(environ, start_response)
-        # The service finds its runtime without an app context; only a refusal needs one (below), to be
-        # answered by the API's error handlers.
-        try:
-            with activated(self.app.extensions["secrets_hub"]):
+        # Every request's code finds the runtime at once, without going through Flask's context proxies.
+        with activated(self.app.extensions["secrets_hub"]):
+            key = value_read_key(environ)
+            if key is None:
+                return self.wsgi_app(environ, start_response)
+            # A read needs no app context; only a refusal does (below), to be answered by the API's error handlers.
+            try:
                 caller = api.bearer_caller(environ["HTTP_AUTHORIZATION"], environ.get("REMOTE_ADDR"))
                 body, headers = api.value_answer(self.app.json, service.read_secret(caller, key))
-        except Exception as error:  # noqa: BLE001 - answered as Flask's handlers answer it
-            with self.app.app_context():
-                return self._refusal(error, environ)(environ, start_response)
+            except Exception as error:  # noqa: BLE001 - answered as Flask's handlers answer it
+                with self.app.app_context():
+                    return self._refusal(error, environ)(environ, start_response)
         start_response("200 OK", [("Content-Type", self.app.json.mimetype), ("Content-Length", str(len(body))),
                                   *headers.items(), *AFTER_REQUEST_HEADERS])
         return [body]
