@@ -17,6 +17,8 @@ twice, never lost). What SQLAlchemy's pool_pre_ping gives, without a round trip 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -126,6 +128,25 @@ class _SQLite(_Backend):
 
     def __init__(self, path: str):
         self.path = path
+        self._writer_lock: tuple[int, int] | None = None  # (pid, fd) of the lock file between processes
+
+    @contextlib.contextmanager
+    def one_process_at_a_time(self) -> Iterator[None]:
+        """Hold the lock file beside the database (the caller holds its process's writer lock).
+
+        SQLite's busy wait sleeps 1, 2, 5, 10 ms and more between tries, so writers of different worker
+        processes kept each other waiting for milliseconds per write; flock wakes the next one as soon as
+        the lock is free. The wait is bounded: a holder keeps it for one transaction, which the busy timeout
+        bounds (against a writer that does not take this lock, such as another program).
+        """
+        if self._writer_lock is None or self._writer_lock[0] != os.getpid():  # a forked child opens its own
+            self._writer_lock = (os.getpid(), os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600))
+        descriptor = self._writer_lock[1]
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
 
     def connect(self) -> sqlite3.Connection:
         # Autocommit mode: reads take no transaction; writes open theirs explicitly (`begin`).
@@ -374,8 +395,9 @@ class Store:
     def _one_writer(self) -> Iterator[float | None]:
         """SQLite has one writer at a time, and a writer that finds it busy sleeps (1, 2, 5, 10 ms...) before
         trying again, which gave writes a p99 of hundreds of ms. Threads of one process queue on a lock
-        instead, woken the moment it is free; only writers of different processes still meet SQLite's busy
-        wait. Time spent on the lock counts against the busy timeout: yields the seconds left of it."""
+        instead, and processes on a lock file, each woken the moment it is free; only other programs still
+        meet SQLite's busy wait. Time spent on the locks counts against the busy timeout: yields the seconds
+        left of it."""
         if self.backend.name != "sqlite":
             yield None
             return
@@ -383,7 +405,11 @@ class Store:
         if not self._sqlite_writer.acquire(timeout=SQLITE_BUSY_SECONDS):
             raise DatabaseUnavailableError()
         try:
-            yield SQLITE_BUSY_SECONDS - (time.monotonic() - began)
+            with self.backend.one_process_at_a_time():
+                left = SQLITE_BUSY_SECONDS - (time.monotonic() - began)
+                if left <= 0:
+                    raise DatabaseUnavailableError()
+                yield left
         finally:
             self._sqlite_writer.release()
 

@@ -637,3 +637,26 @@ def test_a_relative_sqlite_path_lies_in_the_instance_folder(config, run_cli, tmp
     assert (got.returncode, got.stdout) == (0, "in-the-instance\n")
     assert (tmp_path / "instance" / "data.db").is_file()
     assert not (tmp_path / "data.db").exists()  # the CLI ran in tmp_path: nothing was opened there
+
+
+def test_sqlite_writes_wait_for_a_writer_of_another_process_and_go_on_when_it_is_done(backend, database_url, client,
+                                                                                     admin_token):
+    """Worker processes take turns on a lock file beside the database instead of SQLite's sleeping busy wait."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL orders writers itself")
+    import fcntl
+    import threading
+
+    other_process = os.open(database_url.removeprefix("sqlite:///") + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(other_process, fcntl.LOCK_EX)
+    answers: list[int] = []
+    writer = threading.Thread(target=lambda: answers.append(
+        client.post("/api/secrets", json={"key": "WAITED", "value": "v"}, headers=bearer(admin_token)).status_code))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and answers == []  # waiting for the lock
+    fcntl.flock(other_process, fcntl.LOCK_UN)
+    os.close(other_process)
+    writer.join(5)
+    assert answers == [200]
+    assert client.get("/api/secrets/WAITED", headers=bearer(admin_token)).get_json()["data"]["value"] == "v"
