@@ -76,10 +76,53 @@ def test_other_requests_on_the_same_path_go_through_flask(app, client, admin_tok
     assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=auth).status_code == 200
     del dispatched[:]
     assert client.head("/api/secrets/HOT", headers=auth).status_code == 200
-    assert client.put("/api/secrets/HOT", json={"value": "v2"}, headers=auth).status_code == 200
+    with_charset = {**auth, "Content-Type": "application/json; charset=utf-8"}
+    assert client.put("/api/secrets/HOT", data=b'{"value": "v2"}', headers=with_charset).status_code == 200
+    as_text = {**auth, "Content-Type": "text/plain"}
+    assert client.put("/api/secrets/HOT", data=b'{"value": "v3"}', headers=as_text).status_code == 415
     assert client.get("/api/secrets/HOT/versions", headers=auth).status_code == 200
     assert client.get("/api/secrets/HOT", headers={"Authorization": f"Basic {admin_token}"}).status_code == 401
     assert client.get("/api/secrets/HOT").status_code == 401
-    assert dispatched == ["/api/secrets/HOT"] * 2 + ["/api/secrets/HOT/versions"] + ["/api/secrets/HOT"] * 2
+    assert dispatched == ["/api/secrets/HOT"] * 3 + ["/api/secrets/HOT/versions"] + ["/api/secrets/HOT"] * 2
     assert client.get("/api/secrets/HOT", headers=auth).get_json() == {"data": {"key": "HOT", "value": "v2"}}
-    assert len(dispatched) == 5  # the Bearer read of the new value took the hot path
+    assert client.put("/api/secrets/HOT", json={"value": "v4"}, headers=auth).status_code == 200
+    assert len(dispatched) == 6  # the Bearer read and the plain JSON update took the hot path
+
+
+def test_an_update_skips_flask_and_answers_as_the_flask_route_does(app, client, admin_token, make_token,
+                                                                    dispatched):
+    auth = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=auth).status_code == 200
+    del dispatched[:]
+    narrow = bearer(make_token("secrets:write", allow=["OTHER_*"], name="narrow"))
+    no_write = bearer(make_token("secrets:read", name="reader"))
+    refusals = [  # none of them changes anything, so both ways must answer them byte for byte alike
+        ("HOT", auth, b"{not json", 400),
+        ("HOT", auth, b'{"value": "x", "colour": "red"}', 400),
+        ("HOT", auth, b'{"value": 5}', 400),
+        ("HOT", {**auth, "If-Match": "7"}, b'{"value": "x"}', 409),
+        ("HOT", {**auth, "If-Match": "seven"}, b'{"value": "x"}', 400),
+        ("MISSING", auth, b'{"value": "x"}', 404),
+        ("lower_case", auth, b'{"value": "x"}', 404),
+        ("HOT", narrow, b'{"value": "x"}', 403),
+        ("HOT", no_write, b'{"value": "x"}', 403),
+        ("HOT", bearer("shub_not-a-token"), b'{"value": "x"}', 401),
+    ]
+    for key, headers, body, status in refusals:
+        headers = {**headers, "Content-Type": "application/json"}
+        hot = client.put(f"/api/secrets/{key}", data=body, headers=headers)
+        through_flask = client.put(f"/api/secrets/{key}?via=flask", data=body, headers=headers)
+        assert hot.status_code == status, (key, body, hot.get_json())
+        assert answer(hot) == answer(through_flask), (key, body)
+    hot = client.put("/api/secrets/HOT", json={"value": "v2"}, headers={**auth, "If-Match": "1"})
+    through_flask = client.put("/api/secrets/HOT?via=flask", json={"value": "v3"}, headers={**auth, "If-Match": "2"})
+    assert (hot.status_code, through_flask.status_code) == (200, 200)
+    assert hot.get_json()["data"]["key"] == "HOT"
+    assert {**hot.get_json()["data"], "updatedAt": None} == {**through_flask.get_json()["data"], "updatedAt": None}
+    assert answer(hot)[2] == answer(through_flask)[2]  # the same headers
+    assert dispatched == [f"/api/secrets/{key}?via=flask" for key, _, _, _ in refusals] + ["/api/secrets/HOT?via=flask"]
+    assert client.get("/api/secrets/HOT?version=2", headers=auth).get_json()["data"]["value"] == "v2"
+    # Both ways are audited alike.
+    events = [row for row in audit_rows(app) if row[1] in ("update", "authenticate")]
+    assert events[0::2] == events[1::2]
+    assert events[-1] == ("admin", "update", "HOT", "ok", "rest")

@@ -29,6 +29,10 @@ ETAG = {"ETag": {"description": "The version of the value, quoted", "schema": {"
 
 
 def _body(schema: Schema) -> dict[str, Any]:
+    return parse_body(schema, _raw_body())
+
+
+def _raw_body() -> bytes:
     # A body declared as something else (a form, plain text, multipart) is refused, never guessed at;
     # one with no Content-Type at all is read as JSON, as the seed did.
     if request.mimetype and not request.is_json:
@@ -38,6 +42,10 @@ def _body(schema: Schema) -> dict[str, Any]:
     # makes werkzeug refuse it (413), so an oversized body is never taken for a shorter one.
     if len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]:
         request.stream.read(1)
+    return raw
+
+
+def parse_body(schema: Schema, raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, or absurdly nested: refused like any other bad body
@@ -129,8 +137,7 @@ def create_secret():
     return _data(schemas.secret_created_schema, service.create_secret(_caller(), **data))
 
 
-def _if_match() -> int | None:
-    header = request.headers.get("If-Match")
+def _if_match(header: str | None) -> int | None:
     if header is None:
         return None
     try:
@@ -143,9 +150,15 @@ def _if_match() -> int | None:
 @operation("Update a secret's value and/or description", body=schemas.secret_update_schema,
            response=schemas.secret_updated_schema, headers=(IF_MATCH,), errors=(400, 403, 404, 409, 413))
 def update_secret(key: str):
-    data = _body(schemas.secret_update_schema)
-    result = service.update_secret(_caller(), key, expected_version=_if_match(), **data)
-    return _data(schemas.secret_updated_schema, result)
+    body = update_answer(current_app.json, _caller(), key, _raw_body(), request.headers.get("If-Match"))
+    return current_app.response_class(body, mimetype=current_app.json.mimetype)
+
+
+def update_answer(json_provider: Any, caller: auth.Caller, key: str, raw_body: bytes, if_match: str | None) -> bytes:
+    """An update's answer, for this route and the hot path, from the request's body and If-Match header."""
+    data = parse_body(schemas.secret_update_schema, raw_body)
+    result = service.update_secret(caller, key, expected_version=_if_match(if_match), **data)
+    return json_provider.body({"data": schemas.dump(schemas.secret_updated_schema, result)})
 
 
 @bp.delete("/secrets/<key>")
