@@ -2,7 +2,8 @@
 
 It does what any Flask view behind granian must do and nothing secrets-hub adds (no token check, no
 query, no decryption, no audit row), so "read value / floor" shows how much of the server's capacity
-the product itself uses. bench/run.py starts it: `python bench/floor_app.py PORT WORKERS`.
+the product itself uses. bench/run.py starts it: `python bench/floor_app.py PORT WORKERS BACKEND`, with
+the threads per worker `serve` gives BACKEND.
 """
 
 from __future__ import annotations
@@ -20,6 +21,6 @@ def constant(key: str):
 
 
 if __name__ == "__main__":
-    from secrets_hub.server import serve_wsgi
+    from secrets_hub.server import BLOCKING_THREADS, serve_wsgi
 
-    serve_wsgi("floor_app:app", "127.0.0.1", int(sys.argv[1]), int(sys.argv[2]))
+    serve_wsgi("floor_app:app", "127.0.0.1", int(sys.argv[1]), int(sys.argv[2]), BLOCKING_THREADS[sys.argv[3]])

@@ -699,6 +699,16 @@ def machine(plan: Plan, backends: list[str], postgres_url: str, smoke: bool) -> 
     return "# secrets-hub vs OpenBao\n\n" + "\n".join(f"- {fact}" for fact in facts)
 
 
+def start_floor(stack: contextlib.ExitStack, work: Path, backend: str, plan: Plan) -> str:
+    """bench/floor_app.py under the server settings `secrets-hub serve` uses with `backend`; its URL."""
+    port = free_port()
+    floor = start(stack, f"floor-{backend}",
+                  [sys.executable, str(BENCH / "floor_app.py"), str(port), str(plan.workers), backend],
+                  dict(os.environ), work, cwd=BENCH)
+    floor.wait_until(listening(port))
+    return f"http://{HOST}:{port}"
+
+
 def run(args: argparse.Namespace, plan: Plan) -> int:
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     for tool in ("wrk", "bao", "secrets-hub"):
@@ -709,14 +719,11 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
         work = Path(tempfile.mkdtemp(prefix="secrets-hub-bench-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         bao = start_openbao(stack, work, plan)
-        floor_port = free_port()
-        floor = start(stack, "floor", [sys.executable, str(BENCH / "floor_app.py"), str(floor_port), str(plan.workers)],
-                      dict(os.environ), work, cwd=BENCH)
-        floor.wait_until(listening(floor_port))
         for backend in backends:
             with contextlib.ExitStack() as backend_stack:
+                floor = start_floor(backend_stack, work, backend, plan)
                 rows += guarded("secrets-hub serve", backend, functools.partial(
-                    backend_rows, backend_stack, work, backend, bao, f"http://{HOST}:{floor_port}", args.postgres_url, plan))
+                    backend_rows, backend_stack, work, backend, bao, floor, args.postgres_url, plan))
     table = f"{header}\n\n{markdown(rows)}\n"
     print(table)
     out = args.out or (None if args.smoke else
