@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -197,7 +198,7 @@ class _PostgreSQL(_Backend):
     def connect(self) -> Any:
         # Autocommit: a read is one round trip with no transaction to end; writes open theirs (`begin`).
         # Repeated statements are prepared by psycopg after a few runs, so the server plans them once.
-        return self.psycopg.connect(autocommit=True, **self.params)
+        return _reusing_cursor(self.psycopg).connect(autocommit=True, **self.params)
 
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
@@ -215,6 +216,22 @@ class _PostgreSQL(_Backend):
 
     def is_conflict(self, error: BaseException) -> bool:
         return isinstance(error, self.psycopg.errors.UniqueViolation)
+
+
+@functools.cache
+def _reusing_cursor(psycopg: Any) -> type:
+    """psycopg's Connection, but `execute` reuses one cursor: making a cursor per statement cost about a
+    third of each statement's client-side CPU. Every caller reads its result before the next statement."""
+
+    class Connection(psycopg.Connection):
+        _cursor = None
+
+        def execute(self, query, params=None, *, prepare=None):
+            if self._cursor is None:
+                self._cursor = self.cursor()
+            return self._cursor.execute(query, params, prepare=prepare)
+
+    return Connection
 
 
 def _backend_for(database_url: str) -> _Backend:
