@@ -218,25 +218,40 @@ revoked_schema = RevokedSchema()
 skills_schema = SkillSchema(many=True)
 
 
-# Field types whose dump is a plain function of the attribute's value, for `dump`.
-_FLAT_FIELDS: dict[type[fields.Field], Callable[[Any], Any]] = {
-    fields.String: lambda value: value,
-    fields.Integer: lambda value: value,
-    fields.Boolean: lambda value: value,
+# Field types whose dump is a plain function of the attribute's value (None: the value itself), for `dump`.
+_FLAT_FIELDS: dict[type[fields.Field], Callable[[Any], Any] | None] = {
+    fields.String: None,
+    fields.Integer: None,
+    fields.Boolean: None,
     UTCDateTime: lambda value: None if value is None else isoformat(value),
 }
 
+_Plan = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str, Callable[[Any], Any]], ...]]
+
 
 @functools.lru_cache(maxsize=None)
-def _flat_plan(schema_class: type[Schema]) -> tuple[tuple[str, str, Callable[[Any], Any]], ...] | None:
-    """(output name, attribute, conversion) for each field, if every field is flat; else None."""
-    plan = []
+def _flat_plan(schema_class: type[Schema]) -> _Plan | None:
+    """If every field is flat: (output name, attribute) of the fields dumped as they are, then (output name,
+    attribute, conversion) of the others; else None."""
+    as_is, converted = [], []
     for name, field in schema_class().dump_fields.items():
-        convert = _FLAT_FIELDS.get(type(field))
-        if convert is None:
+        if type(field) not in _FLAT_FIELDS:
             return None
-        plan.append((field.data_key or name, field.attribute or name, convert))
-    return tuple(plan)
+        convert = _FLAT_FIELDS[type(field)]
+        names = (field.data_key or name, field.attribute or name)
+        if convert is None:
+            as_is.append(names)
+        else:
+            converted.append((*names, convert))
+    return tuple(as_is), tuple(converted)
+
+
+def _dump_flat(plan: _Plan, row: Any) -> dict[str, Any]:
+    as_is, converted = plan
+    out = {name: row[attribute] for name, attribute in as_is}
+    for name, attribute, convert in converted:
+        out[name] = convert(row[attribute])
+    return out
 
 
 def dump(schema: Schema, payload: Any) -> Any:
@@ -252,7 +267,7 @@ def dump(schema: Schema, payload: Any) -> Any:
         return schema.dump(payload)
     try:
         if schema.many:
-            return [{name: convert(row[attribute]) for name, attribute, convert in plan} for row in payload]
-        return {name: convert(payload[attribute]) for name, attribute, convert in plan}
+            return [_dump_flat(plan, row) for row in payload]
+        return _dump_flat(plan, payload)
     except KeyError:  # a field left out is left out of the answer too, as marshmallow does
         return schema.dump(payload)

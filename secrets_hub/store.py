@@ -175,8 +175,14 @@ class _SQLite(_Backend):
         return None if value is None else value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def time_out(self, value: str | None) -> datetime | None:
-        # Parsed with its zone in one C call: several times faster than parsing, then replacing tzinfo.
-        return None if value is None else datetime.fromisoformat(value + "+00:00")
+        return None if value is None else _sqlite_time(value)
+
+
+@functools.lru_cache(maxsize=16384)
+def _sqlite_time(value: str) -> datetime:
+    # Memoised like schemas.isoformat: a list of 1,000 secrets reads the same 2,000 times on every call.
+    # Parsed with its zone in one C call: several times faster than parsing, then replacing tzinfo.
+    return datetime.fromisoformat(value + "+00:00")
 
 
 class _PostgreSQL(_Backend):
