@@ -479,5 +479,6 @@ def mcp_command(transport: str, host: str, port: int) -> None:
         # The SDK's app under uvicorn, as its run() serves it, but answering each call with a JSON body instead
         # of an SSE stream (our tools send nothing to the client before their result), and, like `serve`,
         # without an access log: the audit log records every tool call, and a line per request cost 5-10%.
+        # httptools and uvloop (dependencies) are uvicorn's fast parser and loop.
         mcp_app = create_mcp_server(state, host=host, port=port).streamable_http_app(json_response=True, host=host)
-        uvicorn.run(mcp_app, host=host, port=port, access_log=False)
+        uvicorn.run(mcp_app, host=host, port=port, access_log=False, http="httptools", loop="uvloop")
