@@ -17,7 +17,6 @@ everything ran but a goal was missed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import datetime
@@ -334,16 +333,22 @@ def median_of(runs: list[Measure]) -> Measure:
 
 
 def wrk(url: str, target: str, operation: str, token: str, plan: Plan, duration: int) -> Measure:
-    argv = ["wrk", f"-t{plan.threads}", f"-c{plan.connections}", f"-d{duration}s", "--timeout", "10s",
-            "-s", str(BENCH / "wrk.lua"), url, "--", target, operation, token, str(plan.secrets)]
+    return run_wrk(f"{target} {operation}", plan.threads, plan.connections, duration, "wrk.lua", url,
+                   [target, operation, token, str(plan.secrets)])
+
+
+def run_wrk(what: str, threads: int, connections: int, duration: int, script: str, url: str,
+            script_args: list[str]) -> Measure:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
+            "-s", str(BENCH / script), url, "--", *script_args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH ")]
     if done.returncode != 0 or not lines:
-        raise Broken(f"wrk {target} {operation} failed: {(done.stderr or done.stdout).strip()}")
+        raise Broken(f"wrk {what} failed: {(done.stderr or done.stdout).strip()}")
     result = json.loads(lines[0].removeprefix("BENCH "))
-    if result["bad_status"] or result["socket_errors"] or not result["requests"]:
-        raise Broken(f"{target} {operation}: {result['bad_status']} error statuses and {result['socket_errors']} "
-                     f"socket errors in {result['requests']} requests")
+    if result["bad_status"] or result["socket_errors"] or result.get("wrong") or not result["requests"]:
+        raise Broken(f"{what}: {result['bad_status']} error statuses, {result['socket_errors']} socket errors and "
+                     f"{result.get('wrong', 0)} wrong answers in {result['requests']} requests")
     return Measure(result["requests"] / (result["duration_us"] / 1e6), result["p50_us"] / 1000, result["p99_us"] / 1000)
 
 
@@ -362,69 +367,55 @@ def interleaved(targets: dict[str, Target], operation: str, plan: Plan) -> dict[
     return {name: median_of(measures) for name, measures in runs.items()}
 
 
-async def mcp_load(url: str, token: str, plan: Plan) -> tuple[list[float], float, list[str]]:
-    """`plan.mcp_clients` MCP sessions calling get_secret in a loop: every latency (s), the time measured, and
-    any wrong answers."""
-    import httpx2
-    from mcp.client.session import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    latencies: list[float] = []
-    wrong: list[str] = []
-    ready, go = asyncio.Semaphore(0), asyncio.Event()
-    deadline = 0.0
-
-    async def client(number: int) -> None:
-        # The same client stack as tests/test_mcp.py: the SDK's streamable HTTP client over httpx2.
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-            async with streamable_http_client(url, http_client=http) as streams:
-                async with ClientSession(streams[0], streams[1]) as session:
-                    await session.initialize()
-                    ready.release()
-                    await go.wait()
-                    index = number * 7919
-                    while time.perf_counter() < deadline and not wrong:
-                        index = (index + 1) % plan.secrets
-                        began = time.perf_counter()
-                        result = await session.call_tool("get_secret", {"key": KEY.format(index)})
-                        latencies.append(time.perf_counter() - began)
-                        if result.is_error or (result.structured_content or {}).get("value") != value_of(index):
-                            wrong.append(f"get_secret {KEY.format(index)} answered {result.content}")
-
-    async def conductor() -> float:
-        nonlocal deadline
-        for _ in range(plan.mcp_clients):
-            await ready.acquire()
-        began = time.perf_counter()
-        deadline = began + plan.duration
-        go.set()
-        return began
-
-    *_, began = await asyncio.gather(*(client(n) for n in range(plan.mcp_clients)), conductor())
-    return latencies, time.perf_counter() - began, wrong
+MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+def open_mcp_sessions(url: str, token: str, count: int) -> tuple[str, list[str]]:
+    """`count` MCP sessions, each opened as a client opens one (initialize, then notifications/initialized):
+    the protocol version the server agreed to, and the session ids."""
+    from mcp.types import LATEST_PROTOCOL_VERSION
+
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    version, sessions = LATEST_PROTOCOL_VERSION, []
+    with requests.Session() as http:
+        for number in range(count):
+            hello = http.post(url, headers=headers, timeout=30, json={
+                "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {},
+                           "clientInfo": {"name": f"bench-client-{number}", "version": "1"}}})
+            session = hello.headers.get("mcp-session-id")
+            if hello.status_code != 200 or not session:
+                raise Broken(f"MCP initialize: {hello.status_code} {hello.text.strip()[:300]}")
+            version = hello.json()["result"]["protocolVersion"]
+            ready = http.post(url, headers={**headers, "Mcp-Session-Id": session, "MCP-Protocol-Version": version},
+                              json={"jsonrpc": "2.0", "method": "notifications/initialized"}, timeout=30)
+            if ready.status_code != 202:
+                raise Broken(f"MCP notifications/initialized: {ready.status_code} {ready.text.strip()[:300]}")
+            sessions.append(session)
+    return version, sessions
 
 
 def measure_mcp(stack: contextlib.ExitStack, work: Path, hub: Hub, plan: Plan) -> Measure:
+    """`secrets-hub mcp --transport http`, called by `plan.mcp_clients` clients, each with its own session.
+
+    wrk sends the calls, as for the REST rows: a Python MCP client costs more CPU per call than the server
+    does, so on a small machine the Python SDK's client as load generator measured mostly itself.
+    bench/mcp.lua checks every answer's value.
+    """
     port = free_port()
     server = start(stack, f"mcp-{hub.backend}", [executable("secrets-hub"), "mcp", "--transport", "http",
                                                   "--host", HOST, "--port", str(port)], hub.env, work)
     server.wait_until(listening(port))
     url = f"http://{HOST}:{port}/mcp"
-    runs = []
-    for _ in range(plan.rounds):
-        try:
-            latencies, elapsed, wrong = asyncio.run(mcp_load(url, hub.mcp_token, plan))
-        except Exception as error:  # noqa: BLE001 - the SDK's task groups wrap any failure; it breaks the row
-            raise Broken(f"MCP clients failed: {error!r}") from None
-        if wrong or not latencies:
-            raise Broken(f"MCP {wrong[0] if wrong else 'made no calls'}")
-        runs.append(Measure(len(latencies) / elapsed, percentile(latencies, 0.50) * 1000,
-                            percentile(latencies, 0.99) * 1000))
+    version, sessions = open_mcp_sessions(url, hub.mcp_token, plan.mcp_clients)
+
+    def calls(duration: int) -> Measure:
+        return run_wrk("MCP get_secret", plan.mcp_clients, plan.mcp_clients, duration, "mcp.lua", url,
+                       [hub.mcp_token, version, str(plan.secrets), *sessions])
+
+    if plan.warmup:
+        calls(plan.warmup)
+    runs = [calls(plan.duration) for _ in range(plan.rounds)]
     server.stop()
     return median_of(runs)
 
@@ -754,8 +745,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write the table")
     args = parser.parse_args()
     # Ctrl-C and SIGTERM (a CI timeout) unwind the stack, so every server and temp dir is cleaned up.
-    # Our own SIGINT handler also keeps asyncio.run from turning Ctrl-C into a cancellation of the
-    # MCP clients, which the SDK absorbs.
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     try:
