@@ -13,7 +13,9 @@ fsync (PostgreSQL) one by one.
 from __future__ import annotations
 
 import _thread
+import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from secrets_hub.errors import DatabaseUnavailableError
@@ -93,6 +95,10 @@ class GroupCommitWriter:
 
     def __init__(self, store: Store):
         self._store = store
+        self._start_afresh()
+        _writers.add(self)
+
+    def _start_afresh(self) -> None:
         self._lock = threading.Lock()
         self._waiting: list[_Pending] = []
         self._writing = False
@@ -107,7 +113,7 @@ class GroupCommitWriter:
             with self._lock:
                 if pending.state == "waiting":
                     self._waiting.remove(pending)
-                if pending.state != "leading":
+                if pending.state in ("waiting", "writing"):
                     # The writer is stuck (the database hangs). An event already taken into its batch may
                     # still be committed: recorded for a request that failed, never lost.
                     raise DatabaseUnavailableError()
@@ -133,18 +139,32 @@ class GroupCommitWriter:
             del self._waiting[:MAX_BATCH]
             for pending in batch:
                 pending.state = "writing"
-        error = None
+        error: BaseException | None = None
         try:
             # One statement, so one transaction, for the whole batch. The store replaces connections that died
             # while idle; any other failure (a locked SQLite file has waited out its busy timeout) is final.
             self._store.append_audit([pending.row for pending in batch])
-        except Exception as failure:  # noqa: BLE001 - handed to every request of the batch, which fails with it
+        except BaseException as failure:  # noqa: BLE001 - every request of the batch fails with it
             error = failure
         for pending in batch:
             if pending is own:
                 own.state, own.error = "done", error
-            else:
-                pending.wake("done", error)
+            else:  # an interruption of this thread (not an Exception) is not theirs to raise
+                pending.wake("done", error if error is None or isinstance(error, Exception)
+                             else DatabaseUnavailableError())
+
+
+# A process forked while one of its threads was writing a batch would inherit a writer turn nobody holds, and
+# the waiting requests of threads it does not have: each writer starts afresh in the child.
+_writers: weakref.WeakSet[GroupCommitWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in _writers:
+        writer._start_afresh()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def list_events(key: str | None = None, actor: str | None = None, limit: int = 100,

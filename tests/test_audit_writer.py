@@ -120,3 +120,32 @@ def test_a_request_whose_writer_hangs_gives_up_and_its_event_is_not_written_late
     record(runtime, "AFTER", errors)
     assert errors == {}
     assert keys_in_log(runtime) == ["AFTER", "STUCK"]
+
+
+def test_a_forked_child_writes_its_own_events_even_if_forked_mid_batch(runtime, monkeypatch, tmp_path):
+    import os
+
+    store = runtime.store
+    append_audit = store.append_audit
+    forked = threading.Event()
+
+    def fork_while_writing(events: list[dict[str, Any]]) -> None:
+        if not forked.is_set():
+            forked.set()
+            child = os.fork()
+            if child == 0:  # the child: nobody writes there, yet its own event must not wait for anyone
+                status = 1
+                try:
+                    errors: dict[str, BaseException] = {}
+                    record(runtime, "CHILD", errors)
+                    status = 0 if not errors else 2
+                finally:
+                    os._exit(status)
+            assert os.waitpid(child, 0)[1] == 0
+        append_audit(events)
+
+    monkeypatch.setattr(store, "append_audit", fork_while_writing)
+    errors: dict[str, BaseException] = {}
+    record(runtime, "PARENT", errors)
+    assert errors == {}
+    assert keys_in_log(runtime) == ["CHILD", "PARENT"]
