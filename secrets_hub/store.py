@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from secrets_hub.errors import ConfigError, DatabaseUnavailableError, ValidationError
 
@@ -115,8 +115,14 @@ class _Backend:
         """Where the statements of a transaction are sent without waiting for each one's answer."""
         return contextlib.nullcontext()
 
+    def in_transaction(self, connection: Any) -> bool:
+        return connection.in_transaction
+
     def is_dead(self, connection: Any) -> bool:
         return False
+
+    def close(self) -> None:
+        """Let go of what the backend holds besides connections."""
 
     def is_missing_table(self, error: BaseException) -> bool:
         raise NotImplementedError
@@ -133,25 +139,56 @@ class _SQLite(_Backend):
 
     def __init__(self, path: str):
         self.path = path
-        self._writer_lock: tuple[int, int] | None = None  # (pid, fd) of the lock file between processes
+        self._writer_lock: tuple[int, BinaryIO] | None = None  # (pid, file) of the lock file between processes
 
     @contextlib.contextmanager
-    def one_process_at_a_time(self) -> Iterator[None]:
-        """Hold the lock file beside the database (the caller holds its process's writer lock).
+    def one_process_at_a_time(self, seconds: float) -> Iterator[None]:
+        """Hold the lock file beside the database for one write, waiting at most `seconds` for it (the caller
+        holds its process's writer lock).
 
         SQLite's busy wait sleeps 1, 2, 5, 10 ms and more between tries, so writers of different worker
-        processes kept each other waiting for milliseconds per write; flock wakes the next one as soon as
-        the lock is free. The wait is bounded: a holder keeps it for one transaction, which the busy timeout
-        bounds (against a writer that does not take this lock, such as another program).
+        processes kept each other waiting for milliseconds per write. Here a writer that finds the lock taken
+        tries again after 0.1 ms, doubling up to 2 ms, until the time is up (503, as for a busy database).
         """
-        if self._writer_lock is None or self._writer_lock[0] != os.getpid():  # a forked child opens its own
-            self._writer_lock = (os.getpid(), os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600))
-        descriptor = self._writer_lock[1]
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        lock = self._lock_file()
+        deadline, pause = time.monotonic() + seconds, 0.0001
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DatabaseUnavailableError() from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
         try:
             yield
         finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _lock_file(self) -> BinaryIO:
+        # A forked child opens its own: sharing the parent's open file would share its lock. Closing the child's
+        # copy leaves the parent's lock alone (it is never unlocked from here).
+        if self._writer_lock is None or self._writer_lock[0] != os.getpid() or self._writer_lock[1].closed:
+            self.close()
+            try:
+                database = os.stat(self.path)
+                descriptor = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                # Like SQLite's -wal and -shm files: the database file's mode, and its owner when made by root, so
+                # that `sudo secrets-hub ...` cannot lock the service's own user out.
+                if os.fstat(descriptor).st_uid == os.geteuid():
+                    os.fchmod(descriptor, database.st_mode & 0o666)
+                if os.geteuid() == 0:
+                    os.fchown(descriptor, database.st_uid, database.st_gid)
+            except OSError:
+                raise DatabaseUnavailableError() from None
+            self._writer_lock = (os.getpid(), os.fdopen(descriptor, "rb+", buffering=0))
+        return self._writer_lock[1]
+
+    def close(self) -> None:
+        if self._writer_lock is not None:
+            self._writer_lock[1].close()
+            self._writer_lock = None
 
     def connect(self) -> sqlite3.Connection:
         # Autocommit mode: reads take no transaction; writes open theirs explicitly (`begin`).
@@ -209,7 +246,11 @@ class _PostgreSQL(_Backend):
         # psycopg's pipeline mode: statements go out at once and the client waits only where it reads a result
         # (an UPDATE ... RETURNING). An update took six round trips (BEGIN, UPDATE, INSERT the version, prune,
         # audit, COMMIT); now three. An error surfaces at the next read or at the end, and still rolls back.
-        return connection.pipeline()
+        return connection.pipeline() if self.psycopg.Pipeline.is_supported() else contextlib.nullcontext()
+
+    def in_transaction(self, connection: Any) -> bool:
+        status = connection.info.transaction_status
+        return status in (self.psycopg.pq.TransactionStatus.INTRANS, self.psycopg.pq.TransactionStatus.INERROR)
 
     def connect(self) -> Any:
         # Autocommit: a read is one round trip with no transaction to end; writes open theirs (`begin`).
@@ -350,6 +391,12 @@ class Store:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+        # Not while a writer of this process holds the lock file; the next one opens it again.
+        if self._sqlite_writer.acquire(timeout=SQLITE_BUSY_SECONDS):
+            try:
+                self.backend.close()
+            finally:
+                self._sqlite_writer.release()
 
     def _run(self, work: Callable[[Any], T], writes: bool = False, busy_seconds: float | None = None) -> T:
         """Run `work` on a connection, in one transaction when it `writes`; database errors become ours.
@@ -381,8 +428,11 @@ class Store:
                                 committing = True
                                 connection.execute("COMMIT")
                         except BaseException:
-                            if not committing and not backend.is_dead(connection):
+                            # Still in the transaction, the COMMIT queued in a pipeline included (the server skips
+                            # it after an error): nothing was committed, and the connection can be used again.
+                            if not backend.is_dead(connection) and backend.in_transaction(connection):
                                 connection.execute("ROLLBACK")
+                                committing = False
                             raise
                 finally:
                     if shortened:
@@ -441,11 +491,8 @@ class Store:
         if not self._sqlite_writer.acquire(timeout=SQLITE_BUSY_SECONDS):
             raise DatabaseUnavailableError()
         try:
-            with self.backend.one_process_at_a_time():
-                left = SQLITE_BUSY_SECONDS - (time.monotonic() - began)
-                if left <= 0:
-                    raise DatabaseUnavailableError()
-                yield left
+            with self.backend.one_process_at_a_time(SQLITE_BUSY_SECONDS - (time.monotonic() - began)):
+                yield SQLITE_BUSY_SECONDS - (time.monotonic() - began)
         finally:
             self._sqlite_writer.release()
 

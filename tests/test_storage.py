@@ -660,3 +660,25 @@ def test_sqlite_writes_wait_for_a_writer_of_another_process_and_go_on_when_it_is
     writer.join(5)
     assert answers == [200]
     assert client.get("/api/secrets/WAITED", headers=bearer(admin_token)).get_json()["data"]["value"] == "v"
+
+
+def test_sqlite_a_write_gives_up_with_503_when_another_process_keeps_the_writer_lock(backend, database_url, client,
+                                                                                   admin_token, monkeypatch):
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL orders writers itself")
+    import fcntl
+
+    from secrets_hub import store
+
+    monkeypatch.setattr(store, "SQLITE_BUSY_SECONDS", 0.5)
+    path = database_url.removeprefix("sqlite:///")
+    os.chmod(path, 0o640)
+    other_process = os.open(path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(other_process, fcntl.LOCK_EX)
+    try:
+        response = client.post("/api/secrets", json={"key": "NOT_NOW", "value": "v"}, headers=bearer(admin_token))
+        assert (response.status_code, response.get_json()["message"]) == (503, "Database unavailable")
+    finally:
+        os.close(other_process)
+    assert client.post("/api/secrets", json={"key": "NOW", "value": "v"}, headers=bearer(admin_token)).status_code == 200
+    assert stat.S_IMODE(os.stat(path + "-writer.lock").st_mode) == 0o640  # the database file's own mode
