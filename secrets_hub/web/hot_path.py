@@ -40,13 +40,17 @@ def hot_request(environ: dict[str, Any], max_body: int) -> tuple[str, str] | Non
     if bearer_token(environ.get("HTTP_AUTHORIZATION")) is None:
         return None
     if method == "PUT" and not (environ.get("CONTENT_TYPE") == "application/json"
-                                and environ.get("CONTENT_LENGTH", "").isdigit()
-                                and int(environ["CONTENT_LENGTH"]) < max_body
+                                and _declared_length(environ.get("CONTENT_LENGTH", "")) < max_body
                                 and "HTTP_TRANSFER_ENCODING" not in environ):
         return None
     path = get_path_info(environ)  # decoded the way Flask decodes it
     key = path[len(PREFIX):] if path.startswith(PREFIX) else ""
     return (method, key) if key and "/" not in key else None
+
+
+def _declared_length(header: str) -> float:
+    """A plain Content-Length's value; infinity for anything odder ("+5", " 5", "²", 5,000 digits), left to Flask."""
+    return int(header) if header.isascii() and header.isdigit() and len(header) <= 18 else float("inf")
 
 
 class HotPath:
