@@ -111,9 +111,10 @@ class _Backend:
     def begin(self, connection: Any) -> None:
         connection.execute("BEGIN")
 
-    def batched(self, connection: Any) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def batched(self, connection: Any) -> Iterator[None]:
         """Where the statements of a transaction are sent without waiting for each one's answer."""
-        return contextlib.nullcontext()
+        yield
 
     def in_transaction(self, connection: Any) -> bool:
         return connection.in_transaction
@@ -242,11 +243,24 @@ class _PostgreSQL(_Backend):
         self.unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
         self.invalid = (psycopg.DataError,)
 
-    def batched(self, connection: Any) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def batched(self, connection: Any) -> Iterator[None]:
         # psycopg's pipeline mode: statements go out at once and the client waits only where it reads a result
         # (an UPDATE ... RETURNING). An update took six round trips (BEGIN, UPDATE, INSERT the version, prune,
         # audit, COMMIT); now three. An error surfaces at the next read or at the end, and still rolls back.
-        return connection.pipeline() if self.psycopg.Pipeline.is_supported() else contextlib.nullcontext()
+        if not self.psycopg.Pipeline.is_supported():
+            yield
+            return
+        # Unprepared: psycopg prepares a statement run often enough as part of the pipeline, and if the pipeline
+        # then aborts (a conflict), its cache says prepared while the server never prepared it; the next run of
+        # that statement on the connection failed ("prepared statement _pg3_0 does not exist").
+        threshold = connection.prepare_threshold
+        connection.prepare_threshold = None
+        try:
+            with connection.pipeline():
+                yield
+        finally:
+            connection.prepare_threshold = threshold
 
     def in_transaction(self, connection: Any) -> bool:
         status = connection.info.transaction_status
