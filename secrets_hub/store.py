@@ -111,11 +111,6 @@ class _Backend:
     def begin(self, connection: Any) -> None:
         connection.execute("BEGIN")
 
-    @contextlib.contextmanager
-    def batched(self, connection: Any) -> Iterator[None]:
-        """Where the statements of a transaction are sent without waiting for each one's answer."""
-        yield
-
     def in_transaction(self, connection: Any) -> bool:
         return connection.in_transaction
 
@@ -242,25 +237,6 @@ class _PostgreSQL(_Backend):
         self.psycopg = psycopg
         self.unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
         self.invalid = (psycopg.DataError,)
-
-    @contextlib.contextmanager
-    def batched(self, connection: Any) -> Iterator[None]:
-        # psycopg's pipeline mode: statements go out at once and the client waits only where it reads a result
-        # (an UPDATE ... RETURNING). An update took six round trips (BEGIN, UPDATE, INSERT the version, prune,
-        # audit, COMMIT); now three. An error surfaces at the next read or at the end, and still rolls back.
-        if not self.psycopg.Pipeline.is_supported():
-            yield
-            return
-        # Unprepared: psycopg prepares a statement run often enough as part of the pipeline, and if the pipeline
-        # then aborts (a conflict), its cache says prepared while the server never prepared it; the next run of
-        # that statement on the connection failed ("prepared statement _pg3_0 does not exist").
-        threshold = connection.prepare_threshold
-        connection.prepare_threshold = None
-        try:
-            with connection.pipeline():
-                yield
-        finally:
-            connection.prepare_threshold = threshold
 
     def in_transaction(self, connection: Any) -> bool:
         status = connection.info.transaction_status
@@ -434,16 +410,13 @@ class Store:
                         result = work(connection)
                     else:
                         try:
-                            # BEGIN alone first: a connection that died while idle fails here, where nothing
-                            # can have been committed, so the work is safely run again on a new one.
                             backend.begin(connection)
-                            with backend.batched(connection):
-                                result = work(connection)
-                                committing = True
-                                connection.execute("COMMIT")
+                            result = work(connection)
+                            committing = True
+                            connection.execute("COMMIT")
                         except BaseException:
-                            # Still in the transaction, the COMMIT queued in a pipeline included (the server skips
-                            # it after an error): nothing was committed, and the connection can be used again.
+                            # Still in the transaction (a COMMIT refused at once ends it): nothing was committed,
+                            # and the connection can be used again.
                             if not backend.is_dead(connection) and backend.in_transaction(connection):
                                 connection.execute("ROLLBACK")
                                 committing = False
