@@ -28,6 +28,15 @@ def dispatched(app) -> list[str]:
     request_started.disconnect(started, app)
 
 
+@pytest.fixture
+def auth(client, admin_token, dispatched) -> dict[str, str]:
+    """The admin's Bearer header, once secret HOT (value v1) exists; the dispatch record starts after it."""
+    headers = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=headers).status_code == 200
+    del dispatched[:]
+    return headers
+
+
 def answer(response) -> tuple[int, bytes, dict[str, str]]:
     headers = {name: value for name, value in response.headers.items() if name != "Date"}
     return response.status_code, response.data, headers
@@ -41,11 +50,7 @@ def audit_rows(app) -> list[tuple[str, str, str | None, str, str]]:
     return [tuple(row) for row in rows]
 
 
-def test_a_value_read_skips_flask_and_answers_as_the_flask_route_does(app, client, admin_token, make_token,
-                                                                       dispatched):
-    auth = bearer(admin_token)
-    assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=auth).status_code == 200
-    del dispatched[:]
+def test_a_value_read_skips_flask_and_answers_as_the_flask_route_does(app, client, auth, make_token, dispatched):
     narrow = bearer(make_token("secrets:read", allow=["OTHER_*"], name="narrow"))
     no_read = bearer(make_token("secrets:write", name="writer"))
     cases = [
@@ -71,10 +76,7 @@ def test_a_value_read_skips_flask_and_answers_as_the_flask_route_does(app, clien
     assert events[0] == ("admin", "read", "HOT", "ok", "rest")
 
 
-def test_other_requests_on_the_same_path_go_through_flask(app, client, admin_token, dispatched):
-    auth = bearer(admin_token)
-    assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=auth).status_code == 200
-    del dispatched[:]
+def test_other_requests_on_the_same_path_go_through_flask(app, client, auth, admin_token, dispatched):
     assert client.head("/api/secrets/HOT", headers=auth).status_code == 200
     with_charset = {**auth, "Content-Type": "application/json; charset=utf-8"}
     assert client.put("/api/secrets/HOT", data=b'{"value": "v2"}', headers=with_charset).status_code == 200
@@ -94,11 +96,7 @@ def test_other_requests_on_the_same_path_go_through_flask(app, client, admin_tok
     assert len(dispatched) == 8
 
 
-def test_an_update_skips_flask_and_answers_as_the_flask_route_does(app, client, admin_token, make_token,
-                                                                    dispatched):
-    auth = bearer(admin_token)
-    assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=auth).status_code == 200
-    del dispatched[:]
+def test_an_update_skips_flask_and_answers_as_the_flask_route_does(app, client, auth, make_token, dispatched):
     narrow = bearer(make_token("secrets:write", allow=["OTHER_*"], name="narrow"))
     no_write = bearer(make_token("secrets:read", name="reader"))
     refusals = [  # none of them changes anything, so both ways must answer them byte for byte alike
