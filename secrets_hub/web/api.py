@@ -53,8 +53,14 @@ def parse_body(schema: Schema, raw: bytes) -> dict[str, Any]:
     return schemas.load(schema, data)
 
 
-def _data(schema: Schema, payload: Any):
-    return jsonify({"data": schemas.dump(schema, payload)})
+def data_body(json_provider: Any, schema: Schema, payload: Any) -> bytes:
+    """The body of an API answer: `{"data": ...}` dumped with `schema`; needs no app context (the hot path)."""
+    return json_provider.body({"data": schemas.dump(schema, payload)})
+
+
+def _data(schema: Schema, payload: Any, headers: dict[str, str] | None = None):
+    return current_app.response_class(data_body(current_app.json, schema, payload), headers=headers,
+                                      mimetype=current_app.json.mimetype)
 
 
 def _caller() -> auth.Caller:
@@ -119,14 +125,12 @@ def list_secrets():
 def get_secret(key: str):
     version = request.args.get("version")
     result = service.read_secret(_caller(), key, None if version is None else validate_version(version))
-    body, headers = value_answer(current_app.json, result)
-    return current_app.response_class(body, headers=headers, mimetype=current_app.json.mimetype)
+    return _data(schemas.secret_value_schema, result, value_headers(result))
 
 
-def value_answer(json_provider: Any, result: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    """A value read's answer, for this route and the hot path: the value, and its version as the ETag."""
-    return (json_provider.body({"data": schemas.dump(schemas.secret_value_schema, result)}),
-            {"ETag": f'"{result["version"]}"'})
+def value_headers(result: dict[str, Any]) -> dict[str, str]:
+    """A value read's headers, for this route and the hot path: its version as the ETag."""
+    return {"ETag": f'"{result["version"]}"'}
 
 
 @bp.post("/secrets")
@@ -150,15 +154,14 @@ def _if_match(header: str | None) -> int | None:
 @operation("Update a secret's value and/or description", body=schemas.secret_update_schema,
            response=schemas.secret_updated_schema, headers=(IF_MATCH,), errors=(400, 403, 404, 409, 413))
 def update_secret(key: str):
-    body = update_answer(current_app.json, _caller(), key, _raw_body(), request.headers.get("If-Match"))
-    return current_app.response_class(body, mimetype=current_app.json.mimetype)
+    result = update(_caller(), key, _raw_body(), request.headers.get("If-Match"))
+    return _data(schemas.secret_updated_schema, result)
 
 
-def update_answer(json_provider: Any, caller: auth.Caller, key: str, raw_body: bytes, if_match: str | None) -> bytes:
-    """An update's answer, for this route and the hot path, from the request's body and If-Match header."""
+def update(caller: auth.Caller, key: str, raw_body: bytes, if_match: str | None) -> dict[str, Any]:
+    """An update from the request's body and If-Match header, for this route and the hot path."""
     data = parse_body(schemas.secret_update_schema, raw_body)
-    result = service.update_secret(caller, key, expected_version=_if_match(if_match), **data)
-    return json_provider.body({"data": schemas.dump(schemas.secret_updated_schema, result)})
+    return service.update_secret(caller, key, expected_version=_if_match(if_match), **data)
 
 
 @bp.delete("/secrets/<key>")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 from flask import Flask
 from werkzeug.wsgi import get_path_info
 
-from secrets_hub import service
+from secrets_hub import schemas, service
 from secrets_hub.auth import bearer_token
 from secrets_hub.errors import SecretsHubError
 from secrets_hub.runtime import activated
@@ -70,10 +70,13 @@ class HotPath:
             try:
                 caller = api.bearer_caller(environ["HTTP_AUTHORIZATION"], environ.get("REMOTE_ADDR"))
                 if method == "GET":
-                    body, headers = api.value_answer(self.app.json, service.read_secret(caller, key))
+                    result = service.read_secret(caller, key)
+                    body = api.data_body(self.app.json, schemas.secret_value_schema, result)
+                    headers = api.value_headers(result)
                 else:
                     raw = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
-                    body, headers = api.update_answer(self.app.json, caller, key, raw, environ.get("HTTP_IF_MATCH")), {}
+                    result = api.update(caller, key, raw, environ.get("HTTP_IF_MATCH"))
+                    body, headers = api.data_body(self.app.json, schemas.secret_updated_schema, result), {}
             except Exception as error:  # noqa: BLE001 - answered as Flask's handlers answer it
                 with self.app.app_context():
                     return self._refusal(error, method, environ)(environ, start_response)
