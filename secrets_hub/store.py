@@ -468,9 +468,9 @@ class Store:
     def _one_writer(self) -> Iterator[float | None]:
         """SQLite has one writer at a time, and a writer that finds it busy sleeps (1, 2, 5, 10 ms...) before
         trying again, which gave writes a p99 of hundreds of ms. Threads of one process queue on a lock
-        instead, and processes on a lock file, each woken the moment it is free; only other programs still
-        meet SQLite's busy wait. Time spent on the locks counts against the busy timeout: yields the seconds
-        left of it."""
+        instead, woken the moment it is free, and processes on a lock file, polled at 0.1 to 2 ms; only other
+        programs still meet SQLite's busy wait. Time spent on the locks counts against the busy timeout:
+        yields the seconds left of it."""
         if self.backend.name != "sqlite":
             yield None
             return
