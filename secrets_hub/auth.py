@@ -70,10 +70,14 @@ def _token_cache() -> dict[str, tuple[float, TokenRecord | None]]:
     return runtime().token_cache
 
 
+def _cached(token_hash: str) -> tuple[float, TokenRecord | None] | None:
+    cached = _token_cache().get(token_hash)
+    return cached if cached and cached[0] > time.monotonic() else None
+
+
 def _load_token(token_hash: str) -> TokenRecord | None:
-    cache = _token_cache()
-    cached = cache.get(token_hash)
-    if cached and cached[0] > time.monotonic():
+    cached = _cached(token_hash)
+    if cached:
         return cached[1]
     # Look up by hash, so the raw token never reaches SQL; one probe of a unique index.
     row = runtime().store.token(token_hash)
@@ -84,7 +88,7 @@ def _load_token(token_hash: str) -> TokenRecord | None:
             allow=tuple(row["allow"].split()) if row["allow"] else None,
             expires_at=row["expires_at"], last_used_at=row["last_used_at"],
         )
-    cache[token_hash] = (time.monotonic() + TOKEN_CACHE_SECONDS, record)
+    _token_cache()[token_hash] = (time.monotonic() + TOKEN_CACHE_SECONDS, record)
     return record
 
 
@@ -92,8 +96,12 @@ def forget_token(token_hash: str) -> None:
     _token_cache().pop(token_hash, None)
 
 
+def _touch_due(record: TokenRecord, now: datetime) -> bool:
+    return record.last_used_at is None or now - record.last_used_at >= LAST_USED_PRECISION
+
+
 def _touch(record: TokenRecord, now: datetime) -> None:
-    if record.last_used_at is not None and now - record.last_used_at < LAST_USED_PRECISION:
+    if not _touch_due(record, now):
         return
     runtime().store.touch_token(record.id, now)
     _token_cache()[record.token_hash] = (
@@ -108,22 +116,49 @@ def bearer_token(authorization: str | None) -> str | None:
     return (raw.strip() or None) if scheme.lower() == "bearer" else None
 
 
+def _token_hash(raw_token: str) -> str | None:
+    """The hash to look a token up by; None for what cannot be one of ours."""
+    return hash_token(raw_token) if raw_token.startswith(TOKEN_PREFIX) and len(raw_token) <= MAX_TOKEN_LENGTH else None
+
+
+def _matching(record: TokenRecord | None, token_hash: str) -> TokenRecord | None:
+    # The lookup matched on the hash already; comparing again in constant time costs nothing.
+    return record if record is not None and hmac.compare_digest(record.token_hash, token_hash) else None
+
+
+def _expired(record: TokenRecord, now: datetime) -> bool:
+    return record.expires_at is not None and record.expires_at <= now
+
+
+def _token_caller(record: TokenRecord, channel: str, remote_addr: str | None) -> Caller:
+    return Caller(actor=record.name, channel=channel, scopes=record.scopes, allow=record.allow, remote_addr=remote_addr)
+
+
 def authenticate_token(raw_token: str, channel: str, remote_addr: str | None) -> Caller:
     """Turn a Bearer token into a Caller; unknown, malformed and expired tokens are refused alike."""
-    record = None
-    if raw_token.startswith(TOKEN_PREFIX) and len(raw_token) <= MAX_TOKEN_LENGTH:
-        token_hash = hash_token(raw_token)
-        record = _load_token(token_hash)
-        # The lookup matched on the hash already; comparing again in constant time costs nothing.
-        if record is not None and not hmac.compare_digest(record.token_hash, token_hash):
-            record = None
+    token_hash = _token_hash(raw_token)
+    record = None if token_hash is None else _matching(_load_token(token_hash), token_hash)
     now = utcnow()
-    if record is None or (record.expires_at is not None and record.expires_at <= now):
+    if record is None or _expired(record, now):
         caller = anonymous(channel, remote_addr) if record is None else Caller(record.name, channel, frozenset(), remote_addr=remote_addr)
         audit.record_now(caller, "authenticate", None, "denied")
         raise AuthenticationError()
     _touch(record, now)
-    return Caller(actor=record.name, channel=channel, scopes=record.scopes, allow=record.allow, remote_addr=remote_addr)
+    return _token_caller(record, channel, remote_addr)
+
+
+def cached_caller(raw_token: str, channel: str, remote_addr: str | None) -> Caller | None:
+    """What authenticate_token would answer, when answering takes no database work: a valid token this process
+    looked up within TOKEN_CACHE_SECONDS and whose last use is recorded to the minute. Otherwise None (a
+    lookup, a refusal's audit event or a last_used_at update is due): call authenticate_token. Lets an
+    event loop check a busy token without handing the check to a thread."""
+    token_hash = _token_hash(raw_token)
+    cached = None if token_hash is None else _cached(token_hash)
+    record = _matching(cached[1], token_hash) if cached else None
+    now = utcnow()
+    if record is None or _expired(record, now) or _touch_due(record, now):
+        return None
+    return _token_caller(record, channel, remote_addr)
 
 
 def caller_for_user(user: Any, channel: str, remote_addr: str | None) -> Caller:
