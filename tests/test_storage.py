@@ -594,6 +594,25 @@ def test_connections_that_died_while_idle_are_replaced_without_a_failed_request(
     assert client.put("/api/secrets/SURVIVES", json={"value": "w"}, headers=auth).status_code == 200
 
 
+def test_writes_go_on_after_refused_writes_on_the_same_connection(app, client, admin_token):
+    """A create refused by the unique key (409) leaves nothing behind that breaks later writes.
+
+    On PostgreSQL a write's statements go out in a pipeline, and psycopg prepares a statement after a few
+    runs: when a refused create aborted the pipeline that carried such a PREPARE, a connection kept for
+    reuse answered the next create with a 500 ("prepared statement _pg3_0 does not exist"). One client
+    at a time, so every request here takes the same idle connection.
+    """
+    auth = bearer(admin_token)
+    for number in range(12):  # past psycopg's prepare threshold (5) for every statement of a create
+        created = client.post("/api/secrets", json={"key": f"KEY_{number}", "value": "v"}, headers=auth)
+        assert created.status_code == 200, created.get_json()
+        refused = client.post("/api/secrets", json={"key": f"KEY_{number}", "value": "w"}, headers=auth)
+        assert (refused.status_code, refused.get_json()["message"]) == (409, f'Secret with key "KEY_{number}" already exists')
+        updated = client.put(f"/api/secrets/KEY_{number}", json={"value": "x"}, headers={**auth, "If-Match": "1"})
+        assert updated.status_code == 200, updated.get_json()
+    assert client.get("/api/secrets/KEY_11", headers=auth).get_json() == {"data": {"key": "KEY_11", "value": "x"}}
+
+
 def test_server_options_in_a_postgresql_url_are_kept(request, tmp_path):
     """`?options=-csearch_path=...` reaches every connection: the app's tables live in that schema alone."""
     import psycopg
