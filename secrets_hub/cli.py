@@ -455,7 +455,7 @@ def mcp_command(transport: str, host: str, port: int) -> None:
     import os
 
     from secrets_hub.errors import AuthenticationError, ForbiddenError
-    from secrets_hub.mcp_server import agent_caller, create_mcp_server, is_loopback
+    from secrets_hub.mcp_server import agent_caller, create_mcp_server, http_app, is_loopback
 
     # The MCP server serves reads only: the bare runtime, no Flask app.
     with _bare_runtime() as state:
@@ -476,9 +476,10 @@ def mcp_command(transport: str, host: str, port: int) -> None:
         _note(f"secrets-hub MCP server on http://{host}:{port}/mcp")
         import uvicorn
 
-        # The SDK's app under uvicorn, as its run() serves it, but answering each call with a JSON body instead
-        # of an SSE stream (our tools send nothing to the client before their result), and, like `serve`,
-        # without an access log: the audit log records every tool call, and a line per request cost 5-10%.
-        # httptools and uvloop (dependencies) are uvicorn's fast parser and loop.
-        mcp_app = create_mcp_server(state, host=host, port=port).streamable_http_app(json_response=True, host=host)
-        uvicorn.run(mcp_app, host=host, port=port, access_log=False, http="httptools", loop="uvloop")
+        # Under uvicorn, as the SDK's run() serves it, but like `serve` without an access log: the audit log
+        # records every tool call, and a line per request cost 5-10%. httptools and uvloop (dependencies) are
+        # uvicorn's fast parser and loop. X-Forwarded-For is believed, as by `serve`, only behind a proxy
+        # (SECRETS_HUB_PROXY_HOPS), and then from the proxy's address (127.0.0.1, or FORWARDED_ALLOW_IPS):
+        # otherwise any local client could name its own address in the audit log and the limits.
+        uvicorn.run(http_app(state, host, port), host=host, port=port, access_log=False, http="httptools",
+                    loop="uvloop", proxy_headers=state.settings.proxy_hops > 0)

@@ -11,6 +11,7 @@ of it (auth.TOKEN_CACHE_SECONDS).
 from __future__ import annotations
 
 import ipaddress
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -21,11 +22,14 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from secrets_hub import __version__, audit, service
 from secrets_hub.auth import MCP, READ, Caller, authenticate_token, cached_caller
 from secrets_hub.errors import AuthenticationError, ForbiddenError, SecretsHubError
 from secrets_hub.runtime import Runtime, activated
+from secrets_hub.throttle import TOO_MANY_FAILURES, FailedAuthentications
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 INSTRUCTIONS = (
@@ -33,6 +37,8 @@ INSTRUCTIONS = (
     "keys you may read, then get_secret with one key. Never repeat a secret's value back to the user "
     "unless they asked for it."
 )
+# The address of the HTTP client whose request is being handled, for the token check's audit events.
+_client_address: ContextVar[str | None] = ContextVar("mcp_client_address", default=None)
 
 
 def _reader(actor: str, allow: tuple[str, ...] | None, remote_addr: str | None) -> Caller:
@@ -69,15 +75,16 @@ class HubTokenVerifier(TokenVerifier):
         self.state = state
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        address = _client_address.get()
         with activated(self.state):
-            caller = cached_caller(token, "mcp", None)
+            caller = cached_caller(token, "mcp", address)
         if caller is not None and MCP in caller.scopes:
             return self._access(token, caller)  # a busy agent's token: no database work, so no thread
 
         def check() -> AccessToken | None:
             with activated(self.state):
                 try:
-                    caller = authenticate_token(token, "mcp", None)
+                    caller = authenticate_token(token, "mcp", address)
                 except AuthenticationError:
                     return None  # refused and audited; the SDK answers 401
                 if MCP not in caller.scopes:
@@ -162,6 +169,50 @@ def create_mcp_server(state: Runtime, stdio_token: str | None = None, *, host: s
         return await run(ctx, listing)
 
     return server
+
+
+class FailedAuthenticationLimit:
+    """ASGI middleware in front of the SDK's HTTP app: each 401 the SDK answers counts against the client's
+    address, as the REST API counts its failed authentications (see throttle), and a blocked address is
+    answered 429 before its token is checked. It also hands the client's address to the token check."""
+
+    def __init__(self, app: ASGIApp, failures: FailedAuthentications):
+        self.app, self.failures = app, failures
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        address = scope["client"][0] if scope.get("client") else None
+        if await self._run(self.failures.blocked, address):
+            refusal = {"error": "too_many_requests", "error_description": TOO_MANY_FAILURES}
+            await JSONResponse(refusal, status_code=429)(scope, receive, send)
+            return
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                await self._run(self.failures.count, address)
+            await send(message)
+
+        bound = _client_address.set(address)
+        try:
+            await self.app(scope, receive, counting)
+        finally:
+            _client_address.reset(bound)
+
+    async def _run(self, operation: Any, address: str | None) -> Any:
+        # Counters in Redis are a round trip away: off the event loop. In memory they take a microsecond.
+        if self.failures.in_process:
+            return operation(address)
+        return await anyio.to_thread.run_sync(operation, address)
+
+
+def http_app(state: Runtime, host: str, port: int) -> ASGIApp:
+    """The ASGI app of `secrets-hub mcp --transport http`: the SDK's, answering each call with a JSON body
+    instead of an SSE stream (our tools send nothing to the client before their result), behind the limit
+    on failed authentications."""
+    sdk_app = create_mcp_server(state, host=host, port=port).streamable_http_app(json_response=True, host=host)
+    return FailedAuthenticationLimit(sdk_app, state.failed_authentications)
 
 
 def is_loopback(host: str) -> bool:

@@ -19,6 +19,7 @@ from secrets_hub.crypto import Keyring
 from secrets_hub.errors import ConfigError
 from secrets_hub.plugins import Plugins, load_plugins
 from secrets_hub.store import Store
+from secrets_hub.throttle import FailedAuthentications
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Runtime:
     plugins: Plugins
     store: Store
     audit_writer: GroupCommitWriter
+    failed_authentications: FailedAuthentications
     # token hash -> (monotonic expiry, record or None); see auth.TOKEN_CACHE_SECONDS
     token_cache: dict = field(default_factory=dict)
 
@@ -47,7 +49,8 @@ def build_runtime(settings: Settings) -> Runtime:
         store.close()  # a refused start leaves no connection open; a running one reopens on demand
     plugins = load_plugins(settings.plugins_dir, settings.load_entrypoints)
     return Runtime(settings=settings, keyring=keyring, plugins=plugins, store=store,
-                   audit_writer=GroupCommitWriter(store))
+                   audit_writer=GroupCommitWriter(store),
+                   failed_authentications=FailedAuthentications(settings.ratelimit_storage))
 
 
 _active: ContextVar[Runtime | None] = ContextVar("secrets_hub_runtime", default=None)

@@ -309,6 +309,26 @@ def test_http_without_a_valid_bearer_token_is_401_with_www_authenticate(app, cli
         ("expired", "mcp", "authenticate", "denied")]
 
 
+def test_http_failed_authentications_are_limited_per_address_as_on_rest(client, mcp_http, admin, make_token):
+    guessed = bearer("shub_guessed-token-000000000000000000000")
+    agent = bearer(make_token("mcp", name="agent"))
+    # X-Forwarded-For is not believed without a proxy configured (SECRETS_HUB_PROXY_HOPS): a guesser
+    # cannot name a new address for each guess.
+    for number in range(29):
+        assert raw_post(mcp_http, {**guessed, "X-Forwarded-For": f"198.51.100.{number}"}).status_code == 401
+    assert raw_post(mcp_http, agent).status_code == 200  # 29 failures: still answered
+    assert raw_post(mcp_http, {"X-Forwarded-For": "198.51.100.99"}).status_code == 401  # the 30th: no token at all
+
+    for headers in (agent, guessed, {}):  # now every request from this address, even with a valid token
+        refused = raw_post(mcp_http, headers)
+        assert (refused.status_code, refused.json()) == (429, {
+            "error": "too_many_requests",
+            "error_description": "Too many failed authentications; try again in a minute"})
+    events = client.get("/api/audit?actor=anonymous&limit=1000", headers=admin).get_json()["data"]
+    assert [(e["channel"], e["action"], e["outcome"], e["remoteAddr"]) for e in events] == [
+        ("mcp", "authenticate", "denied", "127.0.0.1")] * 29  # the guesses; the blocked requests never got that far
+
+
 def test_http_valid_token_without_mcp_scope_is_403_and_audited(client, mcp_http, admin, make_token):
     reader = make_token("secrets:read", name="reader")
     everything_but_mcp = make_token("secrets:read", "secrets:write", "admin", name="no-mcp")

@@ -7,14 +7,14 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 from flask_login import current_user
-from limits import parse as parse_limit
 from marshmallow import Schema
 
 from secrets_hub import audit, auth, bootstrap, schemas, service, tokens
 from secrets_hub.errors import AuthenticationError, TooManyRequestsError, UnsupportedMediaTypeError, ValidationError
 from secrets_hub.runtime import runtime
+from secrets_hub.throttle import TOO_MANY_FAILURES
 from secrets_hub.validation import parse_duration, validate_version
-from secrets_hub.web import csrf, limiter
+from secrets_hub.web import csrf
 from secrets_hub.web.openapi import build_spec, operation
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -23,8 +23,6 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 VERSION_QUERY = {"name": "version", "required": False, "schema": {"type": "integer", "minimum": 1}}
 IF_MATCH = {"name": "If-Match", "required": False, "schema": {"type": "string"},
             "description": "Check-and-set: the version the change is based on (3 or \"3\")"}
-# Failed authentications per address: a guesser is stopped, with every request from that address, for a minute.
-AUTH_FAILURE_LIMIT = parse_limit("30 per minute")
 ETAG = {"ETag": {"description": "The version of the value, quoted", "schema": {"type": "string"}}}
 
 
@@ -83,9 +81,9 @@ def authenticate() -> None:
 
 def bearer_caller(header: str | None, remote_addr: str | None) -> auth.Caller:
     """The caller behind an `Authorization: Bearer` header; a failure is audited and counted per address."""
-    # Checked before the token, so a blocked address learns nothing from the answer, right or wrong.
-    if not limiter.limiter.test(AUTH_FAILURE_LIMIT, "api-auth-failures", remote_addr):
-        raise TooManyRequestsError("Too many failed authentications; try again in a minute")
+    failures = runtime().failed_authentications
+    if failures.blocked(remote_addr):  # before the token: see throttle
+        raise TooManyRequestsError(TOO_MANY_FAILURES)
     try:
         token = auth.bearer_token(header)
         if token is None:
@@ -93,7 +91,7 @@ def bearer_caller(header: str | None, remote_addr: str | None) -> auth.Caller:
             raise AuthenticationError()
         return auth.authenticate_token(token, "rest", remote_addr)
     except AuthenticationError:
-        limiter.limiter.hit(AUTH_FAILURE_LIMIT, "api-auth-failures", remote_addr)
+        failures.count(remote_addr)
         raise
 
 
