@@ -104,8 +104,10 @@ def _touch(record: TokenRecord, now: datetime) -> None:
     if not _touch_due(record, now):
         return
     runtime().store.touch_token(record.id, now)
+    # The entry keeps the expiry of its lookup: renewing it here would serve a revoked token for longer.
+    cached = _cached(record.token_hash)
     _token_cache()[record.token_hash] = (
-        time.monotonic() + TOKEN_CACHE_SECONDS,
+        cached[0] if cached else time.monotonic() + TOKEN_CACHE_SECONDS,
         TokenRecord(**{**record.__dict__, "last_used_at": now}),
     )
 

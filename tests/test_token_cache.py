@@ -13,6 +13,7 @@ import pytest
 
 from conftest import bearer
 from secrets_hub import audit, auth
+from secrets_hub.crypto import hash_token
 from secrets_hub.errors import AuthenticationError
 
 
@@ -87,3 +88,15 @@ def test_a_due_last_used_update_goes_through_authenticate_token(app, client, adm
         auth.authenticate_token(agent, "mcp", None)  # records the use, and caches the record it wrote
         assert auth.cached_caller(agent, "mcp", None) is not None
     assert last_used(client, admin_token) > first_use
+
+
+def test_recording_a_use_keeps_the_cache_entry_s_expiry(app, agent, monkeypatch):
+    """Otherwise each recorded use would serve a token revoked elsewhere for another TOKEN_CACHE_SECONDS."""
+    with app.app_context():
+        cache = app.extensions["secrets_hub"].token_cache
+        auth.authenticate_token(agent, "mcp", None)  # looked up, and its first use recorded
+        expiry, first = cache[hash_token(agent)]
+        later(monkeypatch, auth.LAST_USED_PRECISION)
+        auth.authenticate_token(agent, "mcp", None)  # a use recorded again
+        assert cache[hash_token(agent)][0] == expiry
+        assert cache[hash_token(agent)][1].last_used_at > first.last_used_at
