@@ -37,8 +37,19 @@ INSTRUCTIONS = (
     "keys you may read, then get_secret with one key. Never repeat a secret's value back to the user "
     "unless they asked for it."
 )
-# The address of the HTTP client whose request is being handled, for the token check's audit events.
-_client_address: ContextVar[str | None] = ContextVar("mcp_client_address", default=None)
+
+
+class _Client:
+    """The HTTP client of the request being handled: its address, for the token check's audit events and the
+    failed-authentication count, and whether that check has counted its failure already."""
+
+    __slots__ = ("address", "counted")
+
+    def __init__(self, address: str | None):
+        self.address, self.counted = address, False
+
+
+_client: ContextVar[_Client | None] = ContextVar("mcp_client", default=None)
 
 
 def _reader(actor: str, allow: tuple[str, ...] | None, remote_addr: str | None) -> Caller:
@@ -75,7 +86,8 @@ class HubTokenVerifier(TokenVerifier):
         self.state = state
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        address = _client_address.get()
+        client = _client.get() or _Client(None)
+        address = client.address
         with activated(self.state):
             caller = cached_caller(token, "mcp", address)
         if caller is not None and MCP in caller.scopes:
@@ -86,7 +98,11 @@ class HubTokenVerifier(TokenVerifier):
                 try:
                     caller = authenticate_token(token, "mcp", address)
                 except AuthenticationError:
-                    return None  # refused and audited; the SDK answers 401
+                    # Refused and audited. Counted here, whatever the path: the SDK checks a Bearer token on
+                    # every request, but answers 401 only on /mcp (elsewhere 404, 307...).
+                    self.state.failed_authentications.count(address)
+                    client.counted = True
+                    return None
                 if MCP not in caller.scopes:
                     # The SDK answers 403 (insufficient scope) before any tool runs: record the refusal here.
                     audit.record_now(caller, "authenticate", None, "denied")
@@ -172,9 +188,9 @@ def create_mcp_server(state: Runtime, stdio_token: str | None = None, *, host: s
 
 
 class FailedAuthenticationLimit:
-    """ASGI middleware in front of the SDK's HTTP app: each 401 the SDK answers counts against the client's
-    address, as the REST API counts its failed authentications (see throttle), and a blocked address is
-    answered 429 before its token is checked. It also hands the client's address to the token check."""
+    """ASGI middleware in front of the SDK's HTTP app: every failed authentication counts against the
+    client's address, as on the REST API (see throttle), and a blocked address is answered 429 before its
+    token is checked. It hands the client's address to the token check, which counts refused tokens."""
 
     def __init__(self, app: ASGIApp, failures: FailedAuthentications):
         self.app, self.failures = app, failures
@@ -189,16 +205,19 @@ class FailedAuthenticationLimit:
             await JSONResponse(refusal, status_code=429)(scope, receive, send)
             return
 
+        client = _Client(address)
+
         async def counting(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
+            # A 401 the token check did not count: no token, or not a Bearer one.
+            if message["type"] == "http.response.start" and message["status"] == 401 and not client.counted:
                 await self._run(self.failures.count, address)
             await send(message)
 
-        bound = _client_address.set(address)
+        bound = _client.set(client)
         try:
             await self.app(scope, receive, counting)
         finally:
-            _client_address.reset(bound)
+            _client.reset(bound)
 
     async def _run(self, operation: Any, address: str | None) -> Any:
         # Counters in Redis are a round trip away: off the event loop. In memory they take a microsecond.

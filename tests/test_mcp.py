@@ -314,8 +314,11 @@ def test_http_failed_authentications_are_limited_per_address_as_on_rest(client, 
     agent = bearer(make_token("mcp", name="agent"))
     # X-Forwarded-For is not believed without a proxy configured (SECRETS_HUB_PROXY_HOPS): a guesser
     # cannot name a new address for each guess.
+    # The SDK checks a Bearer token on every path, and answers 401 only on /mcp: guesses elsewhere count too.
+    elsewhere = mcp_http.removesuffix("/mcp") + "/elsewhere"
     for number in range(29):
-        assert raw_post(mcp_http, {**guessed, "X-Forwarded-For": f"198.51.100.{number}"}).status_code == 401
+        url, status = (mcp_http, 401) if number % 2 else (elsewhere, 404)
+        assert raw_post(url, {**guessed, "X-Forwarded-For": f"198.51.100.{number}"}).status_code == status
     assert raw_post(mcp_http, agent).status_code == 200  # 29 failures: still answered
     assert raw_post(mcp_http, {"X-Forwarded-For": "198.51.100.99"}).status_code == 401  # the 30th: no token at all
 
@@ -332,7 +335,7 @@ def test_http_failed_authentications_are_limited_per_address_as_on_rest(client, 
 def test_http_valid_token_without_mcp_scope_is_403_and_audited(client, mcp_http, admin, make_token):
     reader = make_token("secrets:read", name="reader")
     everything_but_mcp = make_token("secrets:read", "secrets:write", "admin", name="no-mcp")
-    for token in (reader, everything_but_mcp):
+    for token in (reader, everything_but_mcp, reader, everything_but_mcp):  # the second time from the token cache
         response = raw_post(mcp_http, bearer(token))
         assert response.status_code == 403, response.text
         assert response.headers["WWW-Authenticate"].startswith("Bearer ")
@@ -342,7 +345,7 @@ def test_http_valid_token_without_mcp_scope_is_403_and_audited(client, mcp_http,
     # a refused access by a known token is audited under its name (SPEC 8 and 10), as on stdio
     for name in ("reader", "no-mcp"):
         assert [(channel, outcome) for channel, _, _, outcome in mcp_audit(client, admin, name)] == [
-            ("mcp", "denied")]
+            ("mcp", "denied")] * 2
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
