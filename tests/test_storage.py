@@ -614,7 +614,8 @@ def test_writes_go_on_after_refused_writes_on_the_same_connection(app, client, a
 
 
 def test_server_options_in_a_postgresql_url_are_kept(request, tmp_path):
-    """`?options=-csearch_path=...` reaches every connection: the app's tables live in that schema alone."""
+    """`?options=-csearch_path=...` reaches every connection: the app's tables live in that schema alone.
+    A DateStyle and TimeZone of the URL's do not change the times read back."""
     import psycopg
 
     url = request.getfixturevalue("postgres_database")
@@ -622,7 +623,8 @@ def test_server_options_in_a_postgresql_url_are_kept(request, tmp_path):
         admin.execute("DROP SCHEMA IF EXISTS alt CASCADE")
         admin.execute("CREATE SCHEMA alt")
     config = {"SECRETS_HUB_INSTANCE_PATH": str(tmp_path / "instance"), "SECRETS_HUB_MASTER_KEY": MASTER_KEY,
-              "DATABASE_URL": f"{url}?options=-csearch_path%3Dalt", "SECRETS_HUB_PLUGINS_DIR": str(tmp_path / "plugins"),
+              "DATABASE_URL": f"{url}?options=-csearch_path%3Dalt%20-cDateStyle%3DSQL,DMY%20-cTimeZone%3DAsia/Tokyo",
+              "SECRETS_HUB_PLUGINS_DIR": str(tmp_path / "plugins"),
               "SECRETS_HUB_LOAD_ENTRYPOINTS": "0"}
     app = None
     try:
@@ -632,8 +634,11 @@ def test_server_options_in_a_postgresql_url_are_kept(request, tmp_path):
             from secrets_hub.auth import operator
 
             caller = operator("tests")
-            service.create_secret(caller, "IN_ALT", "in-alt")
+            created = service.create_secret(caller, "IN_ALT", "in-alt")
             assert service.read_secret(caller, "IN_ALT")["value"] == "in-alt"
+            listed = service.list_secrets(caller)
+            assert [(row["key"], row["created_at"], row["updated_at"]) for row in listed] == [
+                ("IN_ALT", created["created_at"], created["created_at"])]
         with psycopg.connect(url, autocommit=True) as admin:
             assert admin.execute("SELECT key FROM alt.secrets").fetchall() == [("IN_ALT",)]
             assert admin.execute("SELECT to_regclass('alt.audit_events') IS NOT NULL").fetchone() == (True,)
