@@ -106,21 +106,10 @@ def update_secret(caller: Caller, key: str, value: str = UNSET, description: str
         validate_description(description)
     sealed = None if value is UNSET else _seal(key, value)
     now = utcnow()
-    keep = runtime().settings.keep_versions
-
-    def update(tx: Transaction) -> tuple[dict[str, Any] | None, int | None]:
-        # One statement bumps the version, so concurrent writers are ordered by the row lock (PostgreSQL)
-        # or the write lock (SQLite) and never lose an update or repeat a version number.
-        row = tx.update_secret(key, now, sealed, None if description is UNSET else description,
-                               set_description=description is not UNSET, expected_version=expected_version)
-        if row is None:
-            return None, tx.current_version(key)
-        if sealed is not None:
-            tx.add_version(row["id"], row["current_version"], sealed, now, caller.actor, keep)
-        tx.audit([audit.event(caller, action, key, "ok")])
-        return row, None
-
-    row, current = runtime().store.write(update)
+    row, current = runtime().store.update_secret(
+        key, now, sealed, None if description is UNSET else description, set_description=description is not UNSET,
+        expected_version=expected_version, created_by=caller.actor, keep=runtime().settings.keep_versions,
+        event=audit.event(caller, action, key, "ok"))
     if row is None:
         if current is None:
             audit.record_now(caller, action, key, "not_found")

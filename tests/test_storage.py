@@ -566,17 +566,16 @@ def test_postgres_scheme_works_end_to_end(backend, config, run_cli):
 # --------------------------------------------------------------------------- the store's connections
 
 
-def test_connections_that_died_while_idle_are_replaced_without_a_failed_request(request, app, client, admin_token):
-    """A database restart kills every idle connection: the next requests still succeed (no 503)."""
+def _kill_idle_connections(request, app, client, auth) -> int:
+    """Leave several idle connections behind, then end every one of them as a database restart would; how
+    many were idle. PostgreSQL only: SQLite's connections cannot die under a running server."""
     if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         pytest.skip("only PostgreSQL connections die under a running server")
     import concurrent.futures
 
     import psycopg
 
-    auth = bearer(admin_token)
     assert client.post("/api/secrets", json={"key": "SURVIVES", "value": "v"}, headers=auth).status_code == 200
-    # Several requests at once leave several idle connections behind.
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(lambda _: app.test_client().get("/api/secrets/SURVIVES", headers=auth).status_code,
                                  range(32)))
@@ -585,22 +584,46 @@ def test_connections_that_died_while_idle_are_replaced_without_a_failed_request(
     assert idle > 1
     url = request.getfixturevalue("postgres_database")
     with psycopg.connect(url, autocommit=True) as admin:
-        killed = admin.execute("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        # With a timeout, each call returns once its backend has exited, its socket closed, as in a restart.
+        killed = admin.execute("SELECT count(*) FROM (SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
                                "WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t").fetchone()[0]
     assert killed >= idle
+    return idle
+
+
+def test_connections_that_died_while_idle_are_replaced_without_a_failed_request(request, app, client, admin_token):
+    """A database restart kills every idle connection: the next requests still succeed (no 503)."""
+    auth = bearer(admin_token)
+    idle = _kill_idle_connections(request, app, client, auth)
     for _ in range(idle + 2):
         response = client.get("/api/secrets/SURVIVES", headers=auth)
         assert (response.status_code, response.get_json()) == (200, {"data": {"key": "SURVIVES", "value": "v"}})
     assert client.put("/api/secrets/SURVIVES", json={"value": "w"}, headers=auth).status_code == 200
 
 
+def test_a_write_first_after_a_restart_succeeds_and_counts_once(request, app, client, admin_token):
+    """An update is one statement on PostgreSQL, its own commit, so it is never sent twice: a connection that
+    died while idle is found out before the update goes out on it. The first requests after a restart are
+    writes: each succeeds, once (one version, one audit event)."""
+    auth = bearer(admin_token)
+    _kill_idle_connections(request, app, client, auth)
+    for value in ("w", "x"):
+        response = client.put("/api/secrets/SURVIVES", json={"value": value}, headers=auth)
+        assert response.status_code == 200, response.get_json()
+    versions = client.get("/api/secrets/SURVIVES/versions", headers=auth).get_json()["data"]
+    assert [version["version"] for version in versions] == [3, 2, 1]
+    events = client.get("/api/audit?key=SURVIVES", headers=auth).get_json()["data"]
+    assert [event["action"] for event in events if event["action"] != "read"] == ["update", "update", "create"]
+    assert client.get("/api/secrets/SURVIVES", headers=auth).get_json() == {"data": {"key": "SURVIVES", "value": "x"}}
+
+
 def test_writes_go_on_after_refused_writes_on_the_same_connection(app, client, admin_token):
     """A create refused by the unique key (409) leaves nothing behind that breaks later writes.
 
-    On PostgreSQL a write's statements go out in a pipeline, and psycopg prepares a statement after a few
-    runs: when a refused create aborted the pipeline that carried such a PREPARE, a connection kept for
-    reuse answered the next create with a 500 ("prepared statement _pg3_0 does not exist"). One client
-    at a time, so every request here takes the same idle connection.
+    psycopg prepares a statement after a few runs: were a refused statement to lose such a PREPARE (as
+    it did when a write's statements went out in one pipeline), a connection kept for reuse would answer
+    the next write with a 500 ("prepared statement _pg3_0 does not exist"). One client at a time, so every
+    request here takes the same idle connection.
     """
     auth = bearer(admin_token)
     for number in range(12):  # past psycopg's prepare threshold (5) for every statement of a create
