@@ -26,10 +26,12 @@ def _rule(check: Callable[[Any], Any]) -> Callable[[Any], None]:
 
 
 @functools.lru_cache(maxsize=16384)
-def isoformat(value: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and a `Z`, as JavaScript's toISOString writes it."""
+def isoformat(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with milliseconds and a `Z`, as JavaScript's toISOString writes it; None stays None."""
     # Memoised: a list of 1,000 secrets formats the same 2,000 times on every call, and they rarely change.
     # Times read from the database are already UTC, and isoformat is C code, several times faster than strftime.
+    if value is None:
+        return None
     if value.tzinfo is not timezone.utc:
         value = value.astimezone(timezone.utc)
     return value.isoformat(timespec="milliseconds")[:-6] + "Z"
@@ -37,7 +39,7 @@ def isoformat(value: datetime) -> str:
 
 class UTCDateTime(fields.DateTime):
     def _serialize(self, value, attr, obj, **kwargs):
-        return None if value is None else isoformat(value)
+        return isoformat(value)
 
 
 def _required(field: type[fields.Field], message: str, **kwargs) -> fields.Field:
@@ -223,7 +225,7 @@ _FLAT_FIELDS: dict[type[fields.Field], Callable[[Any], Any] | None] = {
     fields.String: None,
     fields.Integer: None,
     fields.Boolean: None,
-    UTCDateTime: lambda value: None if value is None else isoformat(value),
+    UTCDateTime: isoformat,
 }
 
 _Plan = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str, Callable[[Any], Any]], ...]]

@@ -110,10 +110,6 @@ class _Backend:
     def time_in(self, value: datetime | None) -> Any:
         return value
 
-    def time_out(self, value: str | None) -> datetime | None:
-        """A time as read back: both backends hand over the database's text (see `_time_from_text`)."""
-        return None if value is None else _time_from_text(value)
-
     def begin(self, connection: Any) -> None:
         connection.execute("BEGIN")
 
@@ -223,14 +219,16 @@ class _SQLite(_Backend):
 
 
 @functools.lru_cache(maxsize=16384)
-def _time_from_text(text: str) -> datetime:
-    """A time as either database writes it: SQLite's naive UTC `2026-11-29 04:25:37.897982`, or PostgreSQL's
-    `2026-11-29 04:25:37.8979+00` (the session's TimeZone is UTC, its DateStyle ISO).
+def time_out(text: str | None) -> datetime | None:
+    """A time as read back from either database: SQLite's naive UTC `2026-11-29 04:25:37.897982`, or
+    PostgreSQL's `2026-11-29 04:25:37.8979+00` (the session's TimeZone is UTC, its DateStyle ISO); NULL is None.
 
     Memoised, and so the same datetime object for the same text: a list of 1,000 secrets reads the same 2,000
     times on every call, and schemas.isoformat, memoised in turn, then finds each by identity. A datetime
     fresh from a driver costs that lookup its hash and an aware comparison, three times a cached one's.
     """
+    if text is None:
+        return None
     value = datetime.fromisoformat(text)
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
@@ -251,7 +249,7 @@ class _PostgreSQL(_Backend):
         params["options"] = " ".join(filter(None, [params.get("options"), "-c TimeZone=UTC -c DateStyle=ISO"]))
         self.params = params
         # Times are read as that text, not as psycopg's datetimes: `time_out` turns each distinct one into
-        # a datetime once (see `_time_from_text`).
+        # a datetime once.
         self.adapters = psycopg.adapt.AdaptersMap(psycopg.adapters)
         self.adapters.register_loader("timestamptz", TextLoader)
         self.psycopg = psycopg
@@ -564,7 +562,6 @@ class Store:
     # ---- reads --------------------------------------------------------------------------------------------------
 
     def meta_row(self, row: Sequence[Any]) -> dict[str, Any]:
-        time_out = self.backend.time_out
         return {"id": row[0], "key": row[1], "description": row[2], "created_at": time_out(row[3]),
                 "updated_at": time_out(row[4])}
 
@@ -609,7 +606,6 @@ class Store:
         found = self._run(work)
         if found is None:
             return None
-        time_out = self.backend.time_out
         return found[0], [{"version": v, "created_at": time_out(at), "created_by": by} for v, at, by in found[1]]
 
     # ---- tokens and the key check -------------------------------------------------------------------------------
@@ -620,8 +616,8 @@ class Store:
         if row is None:
             return None
         found = dict(zip(TOKEN_COLUMNS, row, strict=True))
-        found["expires_at"] = self.backend.time_out(found["expires_at"])
-        found["last_used_at"] = self.backend.time_out(found["last_used_at"])
+        found["expires_at"] = time_out(found["expires_at"])
+        found["last_used_at"] = time_out(found["last_used_at"])
         return found
 
     def touch_token(self, token_id: int, at: datetime) -> None:
@@ -666,5 +662,4 @@ class Store:
         columns = ("id", *AUDIT_COLUMNS)
         rows = self._fetch(f"SELECT {', '.join(columns)} FROM audit_events {where}ORDER BY id DESC LIMIT ?",  # noqa: S608
                            (*params, limit))
-        time_out = self.backend.time_out
         return [dict(zip(columns, row, strict=True)) | {"at": time_out(row[1])} for row in rows]
