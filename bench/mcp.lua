@@ -1,8 +1,9 @@
--- MCP get_secret calls for wrk: one connection per wrk thread, each thread one MCP client with its own session.
---   wrk -t8 -c8 ... -s bench/mcp.lua URL/mcp -- TOKEN PROTOCOL_VERSION KEYS SESSION_ID_1 ... SESSION_ID_8
--- run.py opens the sessions (initialize, then notifications/initialized) before wrk starts. Every answer is
--- checked: a call whose body lacks the value run.py filled for that key counts as wrong. done() prints
--- one line `BENCH {json}` that run.py parses.
+-- MCP get_secret calls for wrk: one connection per wrk thread, each thread one MCP client.
+--   wrk -t8 -c8 ... -s bench/mcp.lua URL/mcp -- TOKEN PROTOCOL_VERSION KEYS
+-- The server is stateless: run.py has each client probe it (server/discover) before wrk starts, and every
+-- call carries the headers and the `_meta` envelope of the stateless protocol, as the SDK's client sends
+-- them. Every answer is checked: a call whose body lacks the value run.py filled for that key counts as
+-- wrong. done() prints one line `BENCH {json}` that run.py parses.
 
 local threads = {}
 
@@ -11,7 +12,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local headers, keys, pending_key
+local headers, keys, envelope, pending_key
 wrong = 0  -- global, so that done() can read it from each thread
 
 function init(args)
@@ -21,8 +22,13 @@ function init(args)
     ["Content-Type"] = "application/json",
     ["Accept"] = "application/json, text/event-stream",
     ["MCP-Protocol-Version"] = args[2],
-    ["Mcp-Session-Id"] = args[4 + number],
+    ["Mcp-Method"] = "tools/call",
+    ["Mcp-Name"] = "get_secret",
   }
+  -- run.py's mcp_envelope()
+  envelope = string.format(
+    '{"io.modelcontextprotocol/protocolVersion":"%s","io.modelcontextprotocol/clientInfo":' ..
+    '{"name":"bench-client-%d","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}', args[2], number)
   counter = number * 7919
 end
 
@@ -35,8 +41,8 @@ function request()
   counter = counter + 1
   pending_key = counter % keys
   local body = string.format(
-    '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"get_secret","arguments":{"key":"BENCH_KEY_%05d"}}}',
-    counter, pending_key)
+    '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"get_secret","arguments":{"key":"BENCH_KEY_%05d"},' ..
+    '"_meta":%s}}', counter, pending_key, envelope)
   return wrk.format("POST", nil, headers, body)
 end
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import requests
 
@@ -370,33 +370,33 @@ def interleaved(targets: dict[str, Target], operation: str, plan: Plan) -> dict[
 MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
-def open_mcp_sessions(url: str, token: str, count: int) -> tuple[str, list[str]]:
-    """`count` MCP sessions, each opened as a client opens one (initialize, then notifications/initialized):
-    the protocol version the server agreed to, and the session ids."""
+def mcp_envelope(version: str, number: int) -> dict[str, Any]:
+    """The `_meta` a client on the stateless protocol (2026-07-28 and later) sends with every request, as the
+    SDK's client stamps it."""
+    return {"io.modelcontextprotocol/protocolVersion": version,
+            "io.modelcontextprotocol/clientInfo": {"name": f"bench-client-{number}", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def discover_mcp(url: str, token: str, count: int) -> str:
+    """Each of `count` clients probes the server as the SDK's client does on connecting (`server/discover`, no
+    session to open: the server is stateless); the newest protocol version the server supports."""
     from mcp.types import LATEST_PROTOCOL_VERSION
 
-    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
-    version, sessions = LATEST_PROTOCOL_VERSION, []
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}", "MCP-Protocol-Version": LATEST_PROTOCOL_VERSION,
+               "Mcp-Method": "server/discover"}
     with requests.Session() as http:
         for number in range(count):
-            hello = http.post(url, headers=headers, timeout=30, json={
-                "jsonrpc": "2.0", "id": 1, "method": "initialize",
-                "params": {"protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {},
-                           "clientInfo": {"name": f"bench-client-{number}", "version": "1"}}})
-            session = hello.headers.get("mcp-session-id")
-            if hello.status_code != 200 or not session:
-                raise Broken(f"MCP initialize: {hello.status_code} {hello.text.strip()[:300]}")
-            version = hello.json()["result"]["protocolVersion"]
-            ready = http.post(url, headers={**headers, "Mcp-Session-Id": session, "MCP-Protocol-Version": version},
-                              json={"jsonrpc": "2.0", "method": "notifications/initialized"}, timeout=30)
-            if ready.status_code != 202:
-                raise Broken(f"MCP notifications/initialized: {ready.status_code} {ready.text.strip()[:300]}")
-            sessions.append(session)
-    return version, sessions
+            found = http.post(url, headers=headers, timeout=30, json={
+                "jsonrpc": "2.0", "id": 1, "method": "server/discover",
+                "params": {"_meta": mcp_envelope(LATEST_PROTOCOL_VERSION, number)}})
+            if found.status_code != 200 or LATEST_PROTOCOL_VERSION not in found.json()["result"]["supportedVersions"]:
+                raise Broken(f"MCP server/discover: {found.status_code} {found.text.strip()[:300]}")
+    return LATEST_PROTOCOL_VERSION
 
 
 def measure_mcp(stack: contextlib.ExitStack, work: Path, hub: Hub, plan: Plan) -> Measure:
-    """`secrets-hub mcp --transport http`, called by `plan.mcp_clients` clients, each with its own session.
+    """`secrets-hub mcp --transport http`, called by `plan.mcp_clients` clients, each on its own connection.
 
     wrk sends the calls, as for the REST rows: a Python MCP client costs more CPU per call than the server
     does, so on a small machine the Python SDK's client as load generator measured mostly itself.
@@ -407,11 +407,11 @@ def measure_mcp(stack: contextlib.ExitStack, work: Path, hub: Hub, plan: Plan) -
                                                   "--host", HOST, "--port", str(port)], hub.env, work)
     server.wait_until(listening(port))
     url = f"http://{HOST}:{port}/mcp"
-    version, sessions = open_mcp_sessions(url, hub.mcp_token, plan.mcp_clients)
+    version = discover_mcp(url, hub.mcp_token, plan.mcp_clients)
 
     def calls(duration: int) -> Measure:
         return run_wrk("MCP get_secret", plan.mcp_clients, plan.mcp_clients, duration, "mcp.lua", url,
-                       [hub.mcp_token, version, str(plan.secrets), *sessions])
+                       [hub.mcp_token, version, str(plan.secrets)])
 
     if plan.warmup:
         calls(plan.warmup)

@@ -450,36 +450,38 @@ def run_command(patterns: tuple[str, ...], command: tuple[str, ...]) -> None:
 @click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (http).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port (http).")
-def mcp_command(transport: str, host: str, port: int) -> None:
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Worker processes (http)  [default: one per CPU core]")
+def mcp_command(transport: str, host: str, port: int, workers: int | None) -> None:
     """Serve the read-only MCP tools to AI agents (stdio: token in SECRETS_HUB_TOKEN; http: Bearer per request)."""
     import os
 
     from secrets_hub.errors import AuthenticationError, ForbiddenError
-    from secrets_hub.mcp_server import agent_caller, create_mcp_server, http_app, is_loopback
+    from secrets_hub.mcp_server import agent_caller, create_mcp_server, is_loopback, serve_http
 
-    # The MCP server serves reads only: the bare runtime, no Flask app.
-    with _bare_runtime() as state:
-        if transport == "stdio":
-            token = os.environ.get("SECRETS_HUB_TOKEN", "").strip()
-            if not token:
-                _note("Error: SECRETS_HUB_TOKEN is not set: the MCP server needs an API token with the mcp scope")
-                sys.exit(2)
-            try:
-                agent_caller(state, token)
-            except (AuthenticationError, ForbiddenError) as refused:
-                _note(f"Error: SECRETS_HUB_TOKEN was refused: {refused.message}")
-                sys.exit(2)
-            create_mcp_server(state, token).run("stdio")
-            return
+    if transport == "http":
+        from secrets_hub.config import load_settings
+        from secrets_hub.runtime import build_runtime
+        from secrets_hub.server import DEFAULT_WORKERS
+
+        # Refuse a missing key or database here, in one line, before any worker starts (each builds its own).
+        settings = load_settings()
+        build_runtime(settings)
         if not is_loopback(host):
             _note(f"Warning: serving MCP on {host} without TLS; put a TLS-terminating reverse proxy in front of it.")
-        _note(f"secrets-hub MCP server on http://{host}:{port}/mcp")
-        import uvicorn
-
-        # Under uvicorn, as the SDK's run() serves it, but like `serve` without an access log: the audit log
-        # records every tool call, and a line per request cost 5-10%. httptools and uvloop (dependencies) are
-        # uvicorn's fast parser and loop. X-Forwarded-For is believed, as by `serve`, only behind a proxy
-        # (SECRETS_HUB_PROXY_HOPS), and then from the proxy's address (127.0.0.1, or FORWARDED_ALLOW_IPS):
-        # otherwise any local client could name its own address in the audit log and the limits.
-        uvicorn.run(http_app(state, host, port), host=host, port=port, access_log=False, http="httptools",
-                    loop="uvloop", proxy_headers=state.settings.proxy_hops > 0)
+        workers = workers or DEFAULT_WORKERS
+        _note(f"secrets-hub MCP server on http://{host}:{port}/mcp ({workers} worker(s))")
+        serve_http(host, port, workers, proxy_headers=settings.proxy_hops > 0)
+        return
+    # The MCP server serves reads only: the bare runtime, no Flask app.
+    with _bare_runtime() as state:
+        token = os.environ.get("SECRETS_HUB_TOKEN", "").strip()
+        if not token:
+            _note("Error: SECRETS_HUB_TOKEN is not set: the MCP server needs an API token with the mcp scope")
+            sys.exit(2)
+        try:
+            agent_caller(state, token)
+        except (AuthenticationError, ForbiddenError) as refused:
+            _note(f"Error: SECRETS_HUB_TOKEN was refused: {refused.message}")
+            sys.exit(2)
+        create_mcp_server(state, token).run("stdio")

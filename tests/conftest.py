@@ -377,3 +377,35 @@ def start_servers(config: dict[str, Any], tmp_path: Path) -> Iterator[Callable[.
     for server, log in started:
         stop_process(server.process)
         log.close()
+
+
+REDIS = "redis://127.0.0.1:6379"
+# Redis databases the tests may borrow; each claims an empty one with a marker key and flushes it afterwards.
+REDIS_DATABASES = range(7, 16)
+REDIS_OWNER_KEY = "secrets-hub-tests:owner"
+
+
+@pytest.fixture
+def redis_storage() -> Iterator[Any]:
+    """A Redis database of our own for the rate-limit counters: (url, client); emptied before and after."""
+    redis = pytest.importorskip("redis", reason="the redis package is not installed")
+    marker = uuid.uuid4().hex
+    for number in REDIS_DATABASES:
+        client = redis.Redis.from_url(f"{REDIS}/{number}", socket_connect_timeout=2)
+        try:
+            # Claim the database only if nobody else is using it: our marker must be its only key.
+            if client.set(REDIS_OWNER_KEY, marker, nx=True, ex=900) and client.dbsize() == 1:
+                break
+            if client.get(REDIS_OWNER_KEY) == marker.encode():
+                client.delete(REDIS_OWNER_KEY)
+        except redis.RedisError as error:
+            client.close()
+            pytest.skip(f"Redis at {REDIS} does not answer: {type(error).__name__}")
+        client.close()
+    else:
+        pytest.skip(f"no empty Redis database among {REDIS_DATABASES.start}..{REDIS_DATABASES.stop - 1}")
+    try:
+        yield f"{REDIS}/{number}", client
+    finally:
+        client.flushdb()
+        client.close()

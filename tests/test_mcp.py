@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
@@ -64,13 +64,22 @@ def seeded(client, admin) -> dict[str, str]:
 
 @pytest.fixture
 def mcp_http(app, config: dict[str, Any], tmp_path: Path) -> Iterator[str]:
-    """`secrets-hub mcp --transport http` on a free loopback port; yields the /mcp URL, stops it afterwards."""
+    """`secrets-hub mcp --transport http` on a free loopback port, with its default workers; the /mcp URL."""
+    with serving_mcp_http(config, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def serving_mcp_http(config: dict[str, Any], tmp_path: Path, *options: str,
+                     env: dict[str, str] | None = None) -> Iterator[str]:
+    """`secrets-hub mcp --transport http [options]` on a free loopback port; yields the /mcp URL, stops it after."""
     port = free_port()
     log_path = tmp_path / "mcp-http.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [*SECRETS_HUB, "mcp", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)],
-            env=cli_env(config), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [*SECRETS_HUB, "mcp", "--transport", "http", "--host", "127.0.0.1", "--port", str(port), *options],
+            env={**cli_env(config), **(env or {})}, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 30
@@ -309,7 +318,20 @@ def test_http_without_a_valid_bearer_token_is_401_with_www_authenticate(app, cli
         ("expired", "mcp", "authenticate", "denied")]
 
 
-def test_http_failed_authentications_are_limited_per_address_as_on_rest(client, mcp_http, admin, make_token):
+@pytest.mark.parametrize("counters", ["in one process", "in Redis, across two"])
+def test_http_failed_authentications_are_limited_per_address_as_on_rest(counters, request, client, config, tmp_path,
+                                                                        admin, make_token):
+    """As `serve`'s workers: counted per process in memory://, across the worker processes in Redis."""
+    if counters == "in one process":
+        server = serving_mcp_http(config, tmp_path, "--workers", "1")
+    else:
+        url, _ = request.getfixturevalue("redis_storage")
+        server = serving_mcp_http(config, tmp_path, "--workers", "2", env={"SECRETS_HUB_RATELIMIT_STORAGE": url})
+    with server as mcp_http:
+        _refused_after_30_failures(client, mcp_http, admin, make_token)
+
+
+def _refused_after_30_failures(client, mcp_http: str, admin: dict[str, str], make_token) -> None:
     guessed = bearer("shub_guessed-token-000000000000000000000")
     agent = bearer(make_token("mcp", name="agent"))
     # X-Forwarded-For is not believed without a proxy configured (SECRETS_HUB_PROXY_HOPS): a guesser

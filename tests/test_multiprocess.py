@@ -13,7 +13,7 @@ import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import requests
@@ -22,39 +22,9 @@ from conftest import ServerProcess, bearer
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 
-REDIS = "redis://127.0.0.1:6379"
-# Redis databases this module may borrow; it claims an empty one with a marker key and flushes it afterwards.
-REDIS_DATABASES = range(7, 16)
-REDIS_OWNER_KEY = "secrets-hub-tests:owner"
 TIMEOUT = 60
 PASSWORD = "correct horse battery"
 CONFLICT = re.compile(r'Secret "(?P<key>[A-Z_]+)" changed: current version is (?P<version>\d+)')
-
-
-@pytest.fixture
-def redis_storage() -> Iterator[Any]:
-    """A Redis database of our own for the rate-limit counters: (url, client); emptied before and after."""
-    redis = pytest.importorskip("redis", reason="the redis package is not installed")
-    marker = uuid.uuid4().hex
-    for number in REDIS_DATABASES:
-        client = redis.Redis.from_url(f"{REDIS}/{number}", socket_connect_timeout=2)
-        try:
-            # Claim the database only if nobody else is using it: our marker must be its only key.
-            if client.set(REDIS_OWNER_KEY, marker, nx=True, ex=900) and client.dbsize() == 1:
-                break
-            if client.get(REDIS_OWNER_KEY) == marker.encode():
-                client.delete(REDIS_OWNER_KEY)
-        except redis.RedisError as error:
-            client.close()
-            pytest.skip(f"Redis at {REDIS} does not answer: {type(error).__name__}")
-        client.close()
-    else:
-        pytest.skip(f"no empty Redis database among {REDIS_DATABASES.start}..{REDIS_DATABASES.stop - 1}")
-    try:
-        yield f"{REDIS}/{number}", client
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @pytest.fixture
