@@ -264,16 +264,28 @@ def serve_http(host: str, port: int, workers: int, proxy_headers: bool) -> None:
 
 def worker_app() -> ASGIApp:
     """One worker process's app, with its own runtime from the environment (as the command's), whose plugins'
-    startup hook runs in it, as in each of `serve`'s workers."""
+    startup hook runs in it, as in each of `serve`'s workers.
+
+    uvicorn calls this on its running event loop: the runtime is built on a thread of its own, so that a
+    startup hook finds no running loop there, as in `serve` and over stdio (it may run one of its own).
+    """
+    import concurrent.futures
+
+    host, _, port = os.environ[_SERVING].rpartition(":")
+    with concurrent.futures.ThreadPoolExecutor(1) as off_the_loop:
+        state = off_the_loop.submit(_started_runtime).result()
+    return http_app(state, host, int(port))
+
+
+def _started_runtime() -> Runtime:
     from secrets_hub.config import load_settings
     from secrets_hub.hub import Hub
     from secrets_hub.runtime import build_runtime
 
-    host, _, port = os.environ[_SERVING].rpartition(":")
     state = build_runtime(load_settings())
     with activated(state):
         state.plugins.startup(Hub(state))
-    return http_app(state, host, int(port))
+    return state
 
 
 def is_loopback(host: str) -> bool:
