@@ -141,8 +141,9 @@ class GroupCommitWriter:
                 pending.state = "writing"
         error: BaseException | None = None
         try:
-            # One statement, so one transaction, for the whole batch. The store replaces connections that died
-            # while idle; any other failure (a locked SQLite file has waited out its busy timeout) is final.
+            # One statement, so one transaction, for the whole batch. The store replaces a connection the server
+            # ended while it was idle before sending; any other failure (a connection that died without a word,
+            # a locked SQLite file that waited out its busy timeout) is final: it may have been committed.
             self._store.append_audit([pending.row for pending in batch])
         except BaseException as failure:  # noqa: BLE001 - every request of the batch fails with it
             error = failure

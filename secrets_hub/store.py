@@ -79,6 +79,9 @@ def _insert(table: str, columns: Sequence[str], rows: int = 1) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"  # noqa: S608
 
 
+_PRUNE_VERSIONS = "DELETE FROM secret_versions WHERE secret_id = ? AND version <= ?"
+
+
 class Conflict(Exception):
     """A unique constraint refused the row (the key, or the version, is taken)."""
 
@@ -339,7 +342,7 @@ class Transaction:
             secret_id, version, sealed.encrypted_value, sealed.iv, sealed.key_id, self._store.backend.time_in(at),
             created_by))
         if version > keep:
-            self.execute("DELETE FROM secret_versions WHERE secret_id = ? AND version <= ?", (secret_id, version - keep))
+            self.execute(_PRUNE_VERSIONS, (secret_id, version - keep))
 
     def delete_secret(self, key: str) -> bool:
         return self.execute("DELETE FROM secrets WHERE key = ? RETURNING id", (key,)).fetchone() is not None
@@ -443,12 +446,13 @@ class Store:
                     raise refusal from None
                 if not isinstance(error, backend.unavailable):
                     raise
-                # Died before anything could be committed: the server threw the work away, so run it again, on a
-                # new connection: the ones idle beside it most likely died with it (a database restart).
-                if dead and may_retry and not committing:
+                if dead:
+                    # The ones idle beside it most likely died with it (a database restart).
                     self.close()
-                    may_retry = False
-                    continue
+                    # Died before anything could be committed: the server threw the work away, so run it again.
+                    if may_retry and not committing:
+                        may_retry = False
+                        continue
                 raise DatabaseUnavailableError() from None
             self._give_back(connection)
             return result
@@ -523,7 +527,7 @@ class Store:
         update = (f"UPDATE secrets SET {', '.join(assignments)} WHERE {condition} "  # noqa: S608 - fixed column names
                   f"RETURNING {', '.join(META_COLUMNS)}, current_version")
         if self.backend.one_statement_writes:
-            row = self._update_in_one_statement(update, params, at, sealed, created_by, keep, event)
+            row = self._update_in_one_statement(key, update, params, at, sealed, created_by, keep, event)
         else:
             def work(tx: Transaction) -> Any:
                 row = tx.execute(update, params).fetchone()
@@ -539,12 +543,18 @@ class Store:
             return None, None if found is None else found[0]
         return self.meta_row(row) | {"current_version": row[5]}, None
 
-    def _update_in_one_statement(self, update: str, params: list[Any], at: datetime, sealed: Any | None,
+    def _update_in_one_statement(self, key: str, update: str, params: list[Any], at: datetime, sealed: Any | None,
                                  created_by: str | None, keep: int, event: dict[str, Any]) -> Any:
         """`update_secret` on PostgreSQL: one round trip. As a transaction (BEGIN, four statements, COMMIT) a
         write cost about four times the client CPU and 1.7 times the server's. Each part runs once, on the
-        row `updated` returns (none when it returns none); the DELETE cannot see the version the INSERT adds,
-        and only removes older ones."""
+        row `updated` returns (none when it returns none).
+
+        Every part sees the database as it was when the statement began: the DELETE cannot see the version
+        the INSERT adds (it only removes older ones), nor one that a concurrent update of the same secret
+        committed while this statement waited for the row's lock. So the statement also returns the version
+        it first saw; when the new one is not the next, such an update came between, and the versions it
+        kept past `keep` are removed by a second statement.
+        """
         parts = [f"updated AS ({update})"]
         if sealed is not None:
             parts.append(f"kept AS (INSERT INTO secret_versions ({', '.join(VERSION_COLUMNS)}) "  # noqa: S608
@@ -555,9 +565,14 @@ class Store:
                       keep]
         parts.append(f"audited AS (INSERT INTO audit_events ({', '.join(AUDIT_COLUMNS)}) "  # noqa: S608
                      f"SELECT {', '.join('?' for _ in AUDIT_COLUMNS)} FROM updated)")
-        params = [*params, *self._audit_params([event])]
-        statement = self.backend.sql(f"WITH {', '.join(parts)} SELECT * FROM updated")  # noqa: S608
-        return self._run(lambda connection: connection.execute(statement, params).fetchone(), "statement")
+        params = [*params, *self._audit_params([event]), key]
+        statement = self.backend.sql(f"WITH {', '.join(parts)} SELECT updated.*, "  # noqa: S608
+                                     "(SELECT current_version FROM secrets WHERE key = ?) FROM updated")
+        row = self._run(lambda connection: connection.execute(statement, params).fetchone(), "statement")
+        if row is not None and sealed is not None and row[6] != row[5] - 1:
+            self._run(lambda connection: connection.execute(self.backend.sql(_PRUNE_VERSIONS), (row[0], row[5] - keep)),
+                      "statement")
+        return row
 
     # ---- reads --------------------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -601,20 +602,68 @@ def test_connections_that_died_while_idle_are_replaced_without_a_failed_request(
     assert client.put("/api/secrets/SURVIVES", json={"value": "w"}, headers=auth).status_code == 200
 
 
-def test_a_write_first_after_a_restart_succeeds_and_counts_once(request, app, client, admin_token):
+def test_a_write_first_after_a_restart_succeeds_and_counts_once(request, app, client, admin_token, monkeypatch):
     """An update is one statement on PostgreSQL, its own commit, so it is never sent twice: a connection that
     died while idle is found out before the update goes out on it. The first requests after a restart are
     writes: each succeeds, once (one version, one audit event)."""
     auth = bearer(admin_token)
     _kill_idle_connections(request, app, client, auth)
+    backend = app.extensions["secrets_hub"].store.backend
+    found_lost, check = [], backend.lost_while_idle
+
+    def recorded_check(connection) -> bool:
+        found_lost.append(check(connection))
+        return found_lost[-1]
+
+    monkeypatch.setattr(backend, "lost_while_idle", recorded_check)
     for value in ("w", "x"):
         response = client.put("/api/secrets/SURVIVES", json={"value": value}, headers=auth)
         assert response.status_code == 200, response.get_json()
+    # The token was still cached, so the update was the first statement to meet a dead connection.
+    assert found_lost[0] is True
     versions = client.get("/api/secrets/SURVIVES/versions", headers=auth).get_json()["data"]
     assert [version["version"] for version in versions] == [3, 2, 1]
     events = client.get("/api/audit?key=SURVIVES", headers=auth).get_json()["data"]
     assert [event["action"] for event in events if event["action"] != "read"] == ["update", "update", "create"]
     assert client.get("/api/secrets/SURVIVES", headers=auth).get_json() == {"data": {"key": "SURVIVES", "value": "x"}}
+
+
+def test_an_update_that_waited_for_another_still_keeps_only_the_newest_versions(request, config):
+    """With SECRETS_HUB_KEEP_VERSIONS=1, an update that waits for a concurrent update of the same secret keeps
+    only its own version. On PostgreSQL an update is one statement, and all of it sees the database as it was
+    when it began: without a second look it would leave the version the other update committed meanwhile."""
+    if not config["DATABASE_URL"].startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: its updates never overlap")
+    import concurrent.futures
+
+    import psycopg
+
+    config["SECRETS_HUB_KEEP_VERSIONS"] = "1"  # before the app is built
+    client, auth = request.getfixturevalue("app").test_client(), bearer(request.getfixturevalue("admin_token"))
+    assert client.post("/api/secrets", json={"key": "RACED", "value": "v1"}, headers=auth).status_code == 200
+    with psycopg.connect(config["DATABASE_URL"]) as other, \
+            psycopg.connect(config["DATABASE_URL"], autocommit=True) as watcher:  # other: a transaction, held open
+        # The other update, as the app makes it: version 2, kept, version 1 pruned; not committed yet.
+        secret_id = other.execute("UPDATE secrets SET current_version = current_version + 1 WHERE key = 'RACED' "
+                                  "RETURNING id").fetchone()[0]
+        other.execute("INSERT INTO secret_versions (secret_id, version, encrypted_value, iv, key_id, created_at, "
+                      "created_by) SELECT secret_id, 2, encrypted_value, iv, key_id, created_at, created_by "
+                      "FROM secret_versions WHERE secret_id = %s AND version = 1", (secret_id,))
+        other.execute("DELETE FROM secret_versions WHERE secret_id = %s AND version <= 1", (secret_id,))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            update = pool.submit(lambda: client.put("/api/secrets/RACED", json={"value": "v3"}, headers=auth))
+            # Commit only once our update waits for the row's lock: it began before the other committed.
+            deadline = time.monotonic() + 30
+            while not watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND wait_event_type = 'Lock'").fetchone()[0]:
+                assert time.monotonic() < deadline and not update.done()
+                time.sleep(0.01)
+            other.commit()
+            response = update.result(timeout=30)
+    assert response.status_code == 200, response.get_json()
+    versions = client.get("/api/secrets/RACED/versions", headers=auth).get_json()["data"]
+    assert [version["version"] for version in versions] == [3]
+    assert client.get("/api/secrets/RACED", headers=auth).get_json() == {"data": {"key": "RACED", "value": "v3"}}
 
 
 def test_writes_go_on_after_refused_writes_on_the_same_connection(app, client, admin_token):
