@@ -29,14 +29,11 @@ def _json(schema: Any, rows: Any) -> None:
 @contextmanager
 def _bare_runtime() -> Iterator[Any]:
     """The runtime without a Flask app or SQLAlchemy, active inside; the plugins' startup hook gets its hub."""
-    from secrets_hub.config import load_settings
-    from secrets_hub.hub import Hub
-    from secrets_hub.runtime import activated, build_runtime
+    from secrets_hub.runtime import activated, started_runtime
 
-    state = build_runtime(load_settings())
+    state = started_runtime()
     try:
         with activated(state):
-            state.plugins.startup(Hub(state))
             yield state
     finally:
         state.close()

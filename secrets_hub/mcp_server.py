@@ -271,21 +271,12 @@ def worker_app() -> ASGIApp:
     """
     import concurrent.futures
 
+    from secrets_hub.runtime import started_runtime
+
     host, _, port = os.environ[_SERVING].rpartition(":")
     with concurrent.futures.ThreadPoolExecutor(1) as off_the_loop:
-        state = off_the_loop.submit(_started_runtime).result()
+        state = off_the_loop.submit(started_runtime).result()
     return http_app(state, host, int(port))
-
-
-def _started_runtime() -> Runtime:
-    from secrets_hub.config import load_settings
-    from secrets_hub.hub import Hub
-    from secrets_hub.runtime import build_runtime
-
-    state = build_runtime(load_settings())
-    with activated(state):
-        state.plugins.startup(Hub(state))
-    return state
 
 
 def is_loopback(host: str) -> bool:

@@ -53,6 +53,22 @@ def build_runtime(settings: Settings) -> Runtime:
                    failed_authentications=FailedAuthentications(settings.ratelimit_storage))
 
 
+def started_runtime() -> Runtime:
+    """The runtime of the environment's settings, started as a process without a Flask app starts it (the
+    CLI, each MCP worker): the plugins' startup hook gets its hub, with the runtime active."""
+    from secrets_hub.config import load_settings
+    from secrets_hub.hub import Hub  # which imports this module
+
+    state = build_runtime(load_settings())
+    try:
+        with activated(state):
+            state.plugins.startup(Hub(state))
+    except BaseException:
+        state.close()
+        raise
+    return state
+
+
 _active: ContextVar[Runtime | None] = ContextVar("secrets_hub_runtime", default=None)
 
 

@@ -243,7 +243,6 @@ class _PostgreSQL(_Backend):
     def __init__(self, conninfo: str):
         import psycopg
         from psycopg.conninfo import conninfo_to_dict
-
         from psycopg.types.string import TextLoader
 
         # The URL's own settings win over our defaults; times come back as ISO text in UTC, as SQLite's do,
