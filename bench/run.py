@@ -92,10 +92,17 @@ def value_of(index: int) -> str:
 
 # ---- processes --------------------------------------------------------------------------------------------------
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: every socket stays bound until all are chosen, so the kernel cannot hand one out twice."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((HOST, 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def executable(name: str) -> str:
@@ -200,11 +207,11 @@ class Bao:
 
 def start_openbao(stack: contextlib.ExitStack, work: Path, plan: Plan) -> Bao:
     """OpenBao with raft storage and a file audit device, initialised, unsealed, KV v2 at secret/, filled."""
-    port, home = free_port(), work / "openbao"
+    (port, cluster_port), home = free_ports(2), work / "openbao"
     (home / "raft").mkdir(parents=True)
     audit_log = home / "audit.log"
     config = home / "config.hcl"
-    config.write_text(BAO_CONFIG.format(data=home / "raft", host=HOST, port=port, cluster_port=free_port(),
+    config.write_text(BAO_CONFIG.format(data=home / "raft", host=HOST, port=port, cluster_port=cluster_port,
                                         audit=audit_log))
     server = start(stack, "openbao", [executable("bao"), "server", f"-config={config}"], dict(os.environ), work)
     url = f"http://{HOST}:{port}"
