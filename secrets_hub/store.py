@@ -26,6 +26,7 @@ import select
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -43,6 +44,7 @@ MAX_IDLE = 16
 POSTGRESQL_CONNECT_ARGS = {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 5,
                            "keepalives_count": 3, "tcp_user_timeout": 10000}
 SQLITE_BUSY_SECONDS = 5.0
+CHECKPOINT_PAUSE = 0.1  # seconds; the WAL grows by what is written meanwhile (see _Checkpointer)
 NOT_INITIALISED = "The database is not initialised: run `secrets-hub init` first"
 
 META_COLUMNS = ("id", "key", "description", "created_at", "updated_at")
@@ -137,6 +139,73 @@ class _Backend:
         raise NotImplementedError
 
 
+class _Checkpointer:
+    """Copies SQLite's WAL back into the database file from a thread of its own, after writes.
+
+    By default SQLite does this inside the commit that takes the WAL past 1,000 pages, while our writer
+    locks are still held: every writer of every process waited for its copying and its two fsyncs. Under
+    audited reads a quarter of the CPU then sat idle. So the store's connections never checkpoint
+    (`wal_autocheckpoint=0`), and at most every CHECKPOINT_PAUSE after a write this thread does, in two
+    steps. First a PASSIVE checkpoint beside the running writers: the bulk of the copying and the fsyncs.
+    It cannot catch up while they append, and SQLite starts the WAL again from its beginning only after
+    one that did, so the WAL would grow without end. So then, holding the writer locks, a second one copies
+    the little written meanwhile, and the next writer starts the WAL afresh (unless a reader is still in it:
+    then at a later round). Another process's checkpoint running at the same time makes this one return at
+    once; the next write asks again.
+    """
+
+    def __init__(self, path: str, writer_locks: Callable[[], contextlib.AbstractContextManager[Any]]):
+        # Read-write, never create: a database file removed under a running process stays removed.
+        self._uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
+        self._writer_locks = writer_locks
+        self._starting = threading.Lock()
+        self._running: tuple[int, threading.Event, threading.Event, threading.Thread] | None = None
+
+    def wrote(self) -> None:
+        running = self._running
+        # A forked child has none of its parent's threads: it starts its own.
+        if running is None or running[0] != os.getpid():
+            with self._starting:
+                running = self._running
+                if running is None or running[0] != os.getpid():
+                    wrote, stop = threading.Event(), threading.Event()
+                    thread = threading.Thread(target=self._run, args=(wrote, stop), name="sqlite-checkpoint",
+                                              daemon=True)
+                    running = self._running = (os.getpid(), wrote, stop, thread)
+                    thread.start()
+        running[1].set()
+
+    def stop(self) -> None:
+        with self._starting:
+            running, self._running = self._running, None
+        if running is not None and running[0] == os.getpid():
+            running[2].set()
+            running[1].set()
+            running[3].join(timeout=SQLITE_BUSY_SECONDS)
+
+    def _run(self, wrote: threading.Event, stop: threading.Event) -> None:
+        connection = None
+        try:
+            while True:
+                wrote.wait()
+                if stop.is_set():
+                    return
+                wrote.clear()
+                try:
+                    connection = connection or sqlite3.connect(self._uri, uri=True, isolation_level=None,
+                                                                check_same_thread=False)
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    with self._writer_locks():
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except (sqlite3.Error, DatabaseUnavailableError):
+                    pass  # busy (another process's checkpoint, a long write) or the file is gone: the next write asks
+                if stop.wait(CHECKPOINT_PAUSE):
+                    return
+        finally:
+            if connection is not None:
+                connection.close()
+
+
 class _SQLite(_Backend):
     name = "sqlite"
     unavailable = (sqlite3.OperationalError, sqlite3.InterfaceError)
@@ -199,6 +268,7 @@ class _SQLite(_Backend):
         # Autocommit mode: reads take no transaction; writes open theirs explicitly (`begin`).
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         sqlite_pragmas(connection)
+        connection.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job (see _Checkpointer)
         return connection
 
     def wait_at_most(self, connection: sqlite3.Connection, seconds: float) -> None:
@@ -358,6 +428,8 @@ class Store:
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
+        self._checkpointer = (_Checkpointer(self.backend.path, self._sqlite_writer_locks)
+                              if isinstance(self.backend, _SQLite) else None)
 
     # ---- connections --------------------------------------------------------------------------------------------
 
@@ -380,6 +452,8 @@ class Store:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         # Not while a writer of this process holds the lock file; the next one opens it again.
         if self._sqlite_writer.acquire(timeout=SQLITE_BUSY_SECONDS):
             try:
@@ -477,14 +551,23 @@ class Store:
 
     @contextlib.contextmanager
     def _one_writer(self) -> Iterator[float | None]:
+        """SQLite has one writer at a time (see `_sqlite_writer_locks`); yields the seconds left of its busy timeout."""
+        if self._checkpointer is None:
+            yield None
+            return
+        try:
+            with self._sqlite_writer_locks() as busy_seconds:
+                yield busy_seconds
+        finally:
+            self._checkpointer.wrote()
+
+    @contextlib.contextmanager
+    def _sqlite_writer_locks(self) -> Iterator[float]:
         """SQLite has one writer at a time, and a writer that finds it busy sleeps (1, 2, 5, 10 ms...) before
         trying again, which gave writes a p99 of hundreds of ms. Threads of one process queue on a lock
         instead, woken the moment it is free, and processes on a lock file, polled at 0.1 to 2 ms; only other
         programs still meet SQLite's busy wait. Time spent on the locks counts against the busy timeout:
         yields the seconds left of it."""
-        if self.backend.name != "sqlite":
-            yield None
-            return
         began = time.monotonic()
         if not self._sqlite_writer.acquire(timeout=SQLITE_BUSY_SECONDS):
             raise DatabaseUnavailableError()

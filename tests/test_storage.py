@@ -778,3 +778,54 @@ def test_sqlite_a_write_gives_up_with_503_when_another_process_keeps_the_writer_
         os.close(other_process)
     assert client.post("/api/secrets", json={"key": "NOW", "value": "v"}, headers=bearer(admin_token)).status_code == 200
     assert stat.S_IMODE(os.stat(path + "-writer.lock").st_mode) == 0o640  # the database file's own mode
+
+
+def test_sqlite_a_write_reaches_the_database_file_itself_with_no_later_write(backend, database_url, client,
+                                                                            admin_token, tmp_path):
+    """The WAL is copied back into the database file in the background, not left for some later writer."""
+    if backend != "sqlite":
+        pytest.skip("a SQLite WAL checkpoint")
+    import shutil
+    import sqlite3
+
+    path = Path(database_url.removeprefix("sqlite:///"))
+    assert client.post("/api/secrets", json={"key": "CHECKPOINTED", "value": "v"},
+                       headers=bearer(admin_token)).status_code == 200
+    copy = tmp_path / "file-alone.db"  # the database file without its -wal file
+    deadline = time.monotonic() + 10
+    while True:
+        shutil.copyfile(path, copy)
+        with sqlite3.connect(copy) as alone:
+            if alone.execute("SELECT count(*) FROM secrets WHERE key = 'CHECKPOINTED'").fetchone() == (1,):
+                break
+        assert time.monotonic() < deadline, "the write never reached the database file"
+        time.sleep(0.05)
+
+
+def test_sqlite_the_wal_starts_afresh_under_reads_and_writes_that_never_pause(backend, database_url, client,
+                                                                              admin_token):
+    """Readers that never stop keep SQLite from starting its WAL again after a checkpoint made beside running
+    writers; the checkpointer then catches up holding the writer locks, so the WAL stays a fraction of what
+    was written through it."""
+    if backend != "sqlite":
+        pytest.skip("a SQLite WAL checkpoint")
+    import threading
+
+    wal = Path(database_url.removeprefix("sqlite:///") + "-wal")
+    assert client.post("/api/secrets", json={"key": "BUSY", "value": "v"}, headers=bearer(admin_token)).status_code == 200
+    statuses: list[int] = []
+
+    def read(times: int) -> None:
+        for _ in range(times):  # every read commits an audit event
+            statuses.append(client.get("/api/secrets/BUSY", headers=bearer(admin_token)).status_code)
+
+    threads = [threading.Thread(target=read, args=(1500,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    largest = 0
+    while any(thread.is_alive() for thread in threads):
+        largest = max(largest, wal.stat().st_size)
+        time.sleep(0.01)
+    assert statuses == [200] * 6000
+    # Those reads wrote about 40 MB through the WAL; a checkpointer that never catches up leaves all of it there.
+    assert largest < 16 * 2**20
