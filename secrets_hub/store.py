@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import select
 import sqlite3
@@ -35,6 +36,7 @@ from typing import Any, BinaryIO, TypeVar
 from secrets_hub.errors import ConfigError, DatabaseUnavailableError, ValidationError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Idle connections kept per process; more are opened under a burst and closed when given back.
 MAX_IDLE = 16
@@ -197,8 +199,10 @@ class _Checkpointer:
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     with self._writer_locks():
                         connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except (sqlite3.Error, DatabaseUnavailableError):
-                    pass  # busy (another process's checkpoint, a long write) or the file is gone: the next write asks
+                except DatabaseUnavailableError:
+                    pass  # the writer locks stayed taken (a long write): the next write asks again
+                except sqlite3.Error as error:  # SQLite's own words, never a value
+                    log.warning("SQLite checkpoint failed (%s): the WAL grows until one succeeds", error)
                 if stop.wait(CHECKPOINT_PAUSE):
                     return
         finally:
