@@ -146,19 +146,21 @@ class _Checkpointer:
 
     By default SQLite does this inside the commit that takes the WAL past 1,000 pages, while our writer
     locks are still held: every writer of every process waited for its copying and its two fsyncs. Under
-    audited reads a quarter of the CPU then sat idle. So the store's connections never checkpoint
-    (`wal_autocheckpoint=0`), and at most every CHECKPOINT_PAUSE after a write this thread does, in two
-    steps. First a PASSIVE checkpoint beside the running writers: the bulk of the copying and the fsyncs.
-    It cannot catch up while they append, and SQLite starts the WAL again from its beginning only after
-    one that did, so the WAL would grow without end. So then, holding the writer locks, a second one copies
-    the little written meanwhile, and the next writer starts the WAL afresh (unless a reader is still in it:
-    then at a later round). Another process's checkpoint running at the same time makes this one return at
-    once; the next write asks again.
+    audited reads a quarter of the CPU then sat idle. So the store's connections leave it to this thread
+    (SQLite's own only past 10,000 pages, should it fall behind), which checkpoints at most every
+    CHECKPOINT_PAUSE after a write, and once more when the store closes, in two steps. First a PASSIVE
+    checkpoint beside the running writers: the bulk of the copying and the fsyncs. It cannot catch up while
+    they append, and SQLite starts the WAL again from its beginning only after one that did, so the WAL
+    would grow without end. So then, holding the writer locks, a second one copies the little written
+    meanwhile, and the next writer starts the WAL afresh (unless a reader is still in it: then at a later
+    round). Another process's checkpoint running at the same time makes this one return at once; the next
+    write asks again.
     """
 
     def __init__(self, path: str, writer_locks: Callable[[], contextlib.AbstractContextManager[Any]]):
         # Read-write, never create: a database file removed under a running process stays removed.
-        self._uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
+        # An empty authority (file:///...), so that a path beginning with // is not taken for a host.
+        self._uri = f"file://{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
         self._writer_locks = writer_locks
         self._starting = threading.Lock()
         self._running: tuple[int, threading.Event, threading.Event, threading.Thread] | None = None
@@ -188,26 +190,31 @@ class _Checkpointer:
     def _run(self, wrote: threading.Event, stop: threading.Event) -> None:
         connection = None
         try:
-            while True:
+            while not stop.is_set():
                 wrote.wait()
-                if stop.is_set():
-                    return
                 wrote.clear()
-                try:
-                    connection = connection or sqlite3.connect(self._uri, uri=True, isolation_level=None,
-                                                                check_same_thread=False)
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    with self._writer_locks():
-                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except DatabaseUnavailableError:
-                    pass  # the writer locks stayed taken (a long write): the next write asks again
-                except sqlite3.Error as error:  # SQLite's own words, never a value
-                    log.warning("SQLite checkpoint failed (%s): the WAL grows until one succeeds", error)
-                if stop.wait(CHECKPOINT_PAUSE):
-                    return
+                connection = self._checkpoint(connection)
+                stop.wait(CHECKPOINT_PAUSE)
+            # Once more for the writes just before the stop: a command line that wrote and is closing
+            # leaves nothing behind for a server that may not write again for a long time.
+            connection = self._checkpoint(connection)
         finally:
             if connection is not None:
                 connection.close()
+
+    def _checkpoint(self, connection: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """One round (see the class docstring); returns the connection for the next."""
+        try:
+            connection = connection or sqlite3.connect(self._uri, uri=True, isolation_level=None,
+                                                       check_same_thread=False)
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with self._writer_locks():
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except DatabaseUnavailableError:
+            pass  # the writer locks stayed taken (a long write): the next write asks again
+        except sqlite3.Error as error:  # SQLite's own words, never a value
+            log.warning("SQLite checkpoint failed (%s): the WAL grows until one succeeds", error)
+        return connection
 
 
 class _SQLite(_Backend):
@@ -272,7 +279,8 @@ class _SQLite(_Backend):
         # Autocommit mode: reads take no transaction; writes open theirs explicitly (`begin`).
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         sqlite_pragmas(connection)
-        connection.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job (see _Checkpointer)
+        # The checkpointer's job (see _Checkpointer); SQLite's own, at 40 MB of WAL, only if that falls behind.
+        connection.execute("PRAGMA wal_autocheckpoint=10000")
         return connection
 
     def wait_at_most(self, connection: sqlite3.Connection, seconds: float) -> None:

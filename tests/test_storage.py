@@ -3,6 +3,7 @@ the key check, the master key file, migrations, foreign keys and `postgres://` U
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -785,21 +786,46 @@ def test_sqlite_a_write_reaches_the_database_file_itself_with_no_later_write(bac
     """The WAL is copied back into the database file in the background, not left for some later writer."""
     if backend != "sqlite":
         pytest.skip("a SQLite WAL checkpoint")
-    import shutil
-    import sqlite3
-
     path = Path(database_url.removeprefix("sqlite:///"))
     assert client.post("/api/secrets", json={"key": "CHECKPOINTED", "value": "v"},
                        headers=bearer(admin_token)).status_code == 200
     copy = tmp_path / "file-alone.db"  # the database file without its -wal file
     deadline = time.monotonic() + 10
-    while True:
-        shutil.copyfile(path, copy)
-        with sqlite3.connect(copy) as alone:
-            if alone.execute("SELECT count(*) FROM secrets WHERE key = 'CHECKPOINTED'").fetchone() == (1,):
-                break
+    while not _in_file_alone(path, copy, "CHECKPOINTED"):
         assert time.monotonic() < deadline, "the write never reached the database file"
         time.sleep(0.05)
+
+
+def _in_file_alone(path: Path, copy: Path, key: str) -> bool:
+    """Whether the database file, copied without its -wal file, holds the secret `key`."""
+    import shutil
+    import sqlite3
+
+    shutil.copyfile(path, copy)
+    try:
+        with contextlib.closing(sqlite3.connect(copy)) as alone:
+            return alone.execute("SELECT count(*) FROM secrets WHERE key = ?", (key,)).fetchone() == (1,)
+    except sqlite3.DatabaseError:  # copied halfway through a checkpoint: look again
+        return False
+    finally:
+        copy.unlink()
+
+
+def test_sqlite_a_command_line_write_reaches_the_database_file_while_a_server_keeps_it_open(backend, app, run_cli,
+                                                                                          database_url, tmp_path):
+    """SQLite copies the WAL back itself when its last connection closes, but not while a server holds one:
+    the command line's own checkpointer does it before the command ends (a last round as it closes)."""
+    if backend != "sqlite":
+        pytest.skip("a SQLite WAL checkpoint")
+    import sqlite3
+
+    path = Path(database_url.removeprefix("sqlite:///"))
+    with sqlite3.connect(path) as server_side:  # an open connection, as a running server's
+        server_side.execute("SELECT count(*) FROM secrets").fetchone()
+        for index in range(5):
+            key = f"FROM_CLI_{index}"
+            assert run_cli("set", key, input="v\n").returncode == 0
+            assert _in_file_alone(path, tmp_path / "file-alone.db", key)
 
 
 def test_sqlite_the_wal_starts_afresh_under_reads_and_writes_that_never_pause(backend, database_url, client,
