@@ -596,6 +596,7 @@ def test_failed_bearer_authentications_are_limited_per_address(client, auth):
         assert_error(refused, 429)
     refused_write = client.post("/api/secrets", json={"key": "LOCKED_OUT", "value": "v"}, headers=auth)
     assert_error(refused_write, 429)
+    assert_error(client.get("/api/secrets/ANY_KEY", headers=auth), 429)  # the hot path's read too
 
     # Another address is untouched.
     elsewhere = {"REMOTE_ADDR": "192.0.2.7"}
