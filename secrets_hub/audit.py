@@ -134,19 +134,27 @@ class GroupCommitWriter:
                     self._writing = False
 
     def _write_batch(self, own: _Pending) -> None:
-        with self._lock:
-            batch = self._waiting[:MAX_BATCH]
-            del self._waiting[:MAX_BATCH]
-            for pending in batch:
-                pending.state = "writing"
+        batch: list[_Pending] = []
+
+        def take() -> list[dict[str, Any]]:
+            with self._lock:
+                batch.extend(self._waiting[:MAX_BATCH])
+                del self._waiting[:MAX_BATCH]
+                for pending in batch:
+                    pending.state = "writing"
+            return [pending.row for pending in batch]
+
         error: BaseException | None = None
         try:
-            # One statement, so one transaction, for the whole batch. The store replaces a connection the server
-            # ended while it was idle before sending; any other failure (a connection that died without a word,
-            # a locked SQLite file that waited out its busy timeout) is final: it may have been committed.
-            self._store.append_audit([pending.row for pending in batch])
+            # One statement, so one transaction, for the whole batch. The store takes the batch once it may write:
+            # on SQLite, events that arrived while another process wrote join it. It replaces a connection the
+            # server ended while it was idle before sending; any other failure (a connection that died without a
+            # word, a locked SQLite file that waited out its busy timeout) is final: it may have been committed.
+            self._store.append_audit(take)
         except BaseException as failure:  # noqa: BLE001 - every request of the batch fails with it
             error = failure
+            if not batch:  # the database failed before the batch was taken: it fails those waiting now alike
+                take()
         for pending in batch:
             if pending is own:
                 own.state, own.error = "done", error

@@ -754,10 +754,12 @@ class Store:
             params += (time_in(event["at"]), *(event[column] for column in AUDIT_COLUMNS[1:]))
         return params
 
-    def append_audit(self, events: Sequence[dict[str, Any]]) -> None:
-        """Commit `events` together (the audit writer's batch): a single statement needs no BEGIN or COMMIT."""
-        statement, params = self.audit_insert(events)
+    def append_audit(self, events: Callable[[], Sequence[dict[str, Any]]]) -> None:
+        """Commit the events `events()` gives together (the audit writer's batch): a single statement needs no
+        BEGIN or COMMIT. `events` is called once this process may write (on SQLite, when it holds the writer
+        locks), so that a batch takes in the events that arrived while it waited for them."""
         with self._one_writer() as busy_seconds:
+            statement, params = self.audit_insert(events())
             self._run(lambda connection: connection.execute(self.backend.sql(statement), params), "statement",
                       busy_seconds=busy_seconds)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -47,11 +48,15 @@ def test_events_arriving_during_a_commit_share_the_next_one(runtime, monkeypatch
     first_batch_may_commit = threading.Event()
     append_audit = store.append_audit
 
-    def held_first(events: list[dict[str, Any]]) -> None:
-        batches.append([event["key"] for event in events])
-        if len(batches) == 1:
-            first_batch_may_commit.wait(10)
-        append_audit(events)
+    def held_first(take: Callable[[], list[dict[str, Any]]]) -> None:
+        def taken() -> list[dict[str, Any]]:
+            events = take()
+            batches.append([event["key"] for event in events])
+            if len(batches) == 1:
+                first_batch_may_commit.wait(10)
+            return events
+
+        append_audit(taken)
 
     monkeypatch.setattr(store, "append_audit", held_first)
     errors: dict[str, BaseException] = {}
@@ -77,11 +82,17 @@ def test_a_failed_commit_fails_its_own_batch_only_and_the_next_request_writes(ru
     append_audit = store.append_audit
     calls: list[int] = []
 
-    def failing_once(events: list[dict[str, Any]]) -> None:
-        calls.append(len(events))
-        if len(calls) == 1:
+    def failing_once(take: Callable[[], list[dict[str, Any]]]) -> None:
+        if not calls:  # the batch is taken, then its commit fails
+            calls.append(len(take()))
             raise DatabaseUnavailableError()
-        append_audit(events)
+
+        def counted() -> list[dict[str, Any]]:
+            events = take()
+            calls.append(len(events))
+            return events
+
+        append_audit(counted)
 
     monkeypatch.setattr(store, "append_audit", failing_once)
     errors: dict[str, BaseException] = {}
@@ -102,10 +113,10 @@ def test_a_request_whose_writer_hangs_gives_up_and_its_event_is_not_written_late
     append_audit = store.append_audit
     release = threading.Event()
 
-    def hanging_first(events: list[dict[str, Any]]) -> None:
+    def hanging_first(take: Callable[[], list[dict[str, Any]]]) -> None:
         if not release.is_set():
             release.wait(10)
-        append_audit(events)
+        append_audit(take)
 
     monkeypatch.setattr(store, "append_audit", hanging_first)
     monkeypatch.setattr(audit, "WAIT_SECONDS", 0.2)
@@ -129,7 +140,7 @@ def test_a_forked_child_writes_its_own_events_even_if_forked_mid_batch(runtime, 
     append_audit = store.append_audit
     forked = threading.Event()
 
-    def fork_while_writing(events: list[dict[str, Any]]) -> None:
+    def fork_while_writing(take: Callable[[], list[dict[str, Any]]]) -> None:
         if not forked.is_set():
             forked.set()
             child = os.fork()
@@ -142,10 +153,82 @@ def test_a_forked_child_writes_its_own_events_even_if_forked_mid_batch(runtime, 
                 finally:
                     os._exit(status)
             assert os.waitpid(child, 0)[1] == 0
-        append_audit(events)
+        append_audit(take)
 
     monkeypatch.setattr(store, "append_audit", fork_while_writing)
     errors: dict[str, BaseException] = {}
     record(runtime, "PARENT", errors)
     assert errors == {}
     assert keys_in_log(runtime) == ["CHILD", "PARENT"]
+
+
+def hold_writer_lock_as_another_process(database_url: str) -> int:
+    import fcntl
+    import os
+
+    other_process = os.open(database_url.removeprefix("sqlite:///") + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(other_process, fcntl.LOCK_EX)
+    return other_process
+
+
+def test_sqlite_events_arriving_while_another_process_writes_join_the_batch_waiting_for_it(
+        backend, database_url, runtime, monkeypatch):
+    """The batch is taken once the writer locks are held: one commit for all who waited for them."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL has no writer lock to wait for")
+    import os
+
+    store = runtime.store
+    append_audit = store.append_audit
+    batches: list[list[str]] = []
+
+    def recorded(take: Callable[[], list[dict[str, Any]]]) -> None:
+        def taken() -> list[dict[str, Any]]:
+            events = take()
+            batches.append(sorted(event["key"] for event in events))
+            return events
+
+        append_audit(taken)
+
+    monkeypatch.setattr(store, "append_audit", recorded)
+    other_process = hold_writer_lock_as_another_process(database_url)
+    errors: dict[str, BaseException] = {}
+    threads = [threading.Thread(target=record, args=(runtime, f"K{n:02d}", errors)) for n in range(9)]
+    threads[0].start()
+    wait_for(lambda: runtime.audit_writer._writing)  # K00 leads, and waits for the lock
+    for thread in threads[1:]:
+        thread.start()
+    wait_for(lambda: len(runtime.audit_writer._waiting) == 9)
+    os.close(other_process)
+    for thread in threads:
+        thread.join(10)
+    assert errors == {}
+    assert batches == [[f"K{n:02d}" for n in range(9)]]
+    assert keys_in_log(runtime) == [f"K{n:02d}" for n in range(9)]
+
+
+def test_sqlite_when_the_writer_lock_never_comes_those_waiting_fail_and_the_next_event_is_written(
+        backend, database_url, runtime, monkeypatch):
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL has no writer lock to wait for")
+    import os
+
+    from secrets_hub import store
+
+    monkeypatch.setattr(store, "SQLITE_BUSY_SECONDS", 0.5)
+    other_process = hold_writer_lock_as_another_process(database_url)
+    errors: dict[str, BaseException] = {}
+    try:
+        threads = [threading.Thread(target=record, args=(runtime, f"K{n:02d}", errors)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    finally:
+        os.close(other_process)
+    assert sorted(errors) == ["K00", "K01", "K02"]
+    assert all(isinstance(error, DatabaseUnavailableError) for error in errors.values())
+    errors.clear()
+    record(runtime, "AFTER", errors)
+    assert errors == {}
+    assert keys_in_log(runtime) == ["AFTER"]
