@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import functools
 import logging
+import operator
 import os
 import select
 import sqlite3
@@ -77,12 +78,14 @@ def sqlite_pragmas(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA foreign_keys=ON")
 
 
-def _insert(table: str, columns: Sequence[str], rows: int = 1) -> str:
+@functools.lru_cache(maxsize=1024)  # an audit batch of each size between 1 and MAX_BATCH, and a few others
+def _insert(table: str, columns: tuple[str, ...], rows: int = 1) -> str:
     # Only this module's own table and column names are ever joined in; values are always parameters.
     values = ", ".join([f"({', '.join('?' for _ in columns)})"] * rows)
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"  # noqa: S608
 
 
+_AUDIT_VALUES = operator.itemgetter(*AUDIT_COLUMNS[1:])  # an event's values after its time, in column order
 _PRUNE_VERSIONS = "DELETE FROM secret_versions WHERE secret_id = ? AND version <= ?"
 
 
@@ -157,11 +160,11 @@ class _Checkpointer:
     write asks again.
     """
 
-    def __init__(self, path: str, writer_locks: Callable[[], contextlib.AbstractContextManager[Any]]):
+    def __init__(self, path: str, lock_writers: Callable[[], Any], unlock_writers: Callable[[], None]):
         # Read-write, never create: a database file removed under a running process stays removed.
         # An empty authority (file:///...), so that a path beginning with // is not taken for a host.
         self._uri = f"file://{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
-        self._writer_locks = writer_locks
+        self._lock_writers, self._unlock_writers = lock_writers, unlock_writers
         self._starting = threading.Lock()
         self._running: tuple[int, threading.Event, threading.Event, threading.Thread] | None = None
 
@@ -177,7 +180,8 @@ class _Checkpointer:
                                               daemon=True)
                     running = self._running = (os.getpid(), wrote, stop, thread)
                     thread.start()
-        running[1].set()
+        if not running[1].is_set():  # mostly it is, under load: setting it again costs a lock and a notify
+            running[1].set()
 
     def stop(self) -> None:
         with self._starting:
@@ -208,8 +212,11 @@ class _Checkpointer:
             connection = connection or sqlite3.connect(self._uri, uri=True, isolation_level=None,
                                                        check_same_thread=False)
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            with self._writer_locks():
+            self._lock_writers()
+            try:
                 connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                self._unlock_writers()
         except DatabaseUnavailableError:
             pass  # the writer locks stayed taken (a long write): the next write asks again
         except sqlite3.Error as error:  # SQLite's own words, never a value
@@ -226,10 +233,9 @@ class _SQLite(_Backend):
         self.path = path
         self._writer_lock: tuple[int, BinaryIO] | None = None  # (pid, file) of the lock file between processes
 
-    @contextlib.contextmanager
-    def one_process_at_a_time(self, seconds: float) -> Iterator[None]:
-        """Hold the lock file beside the database for one write, waiting at most `seconds` for it (the caller
-        holds its process's writer lock).
+    def lock_out_other_processes(self, seconds: float) -> None:
+        """Take the lock file beside the database for one write, waiting at most `seconds` for it (the caller
+        holds its process's writer lock); `let_other_processes_in` gives it back.
 
         SQLite's busy wait sleeps 1, 2, 5, 10 ms and more between tries, so writers of different worker
         processes kept each other waiting for milliseconds per write. Here a writer that finds the lock taken
@@ -240,16 +246,16 @@ class _SQLite(_Backend):
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise DatabaseUnavailableError() from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def let_other_processes_in(self) -> None:
+        # The file lock_out_other_processes locked: close() waits for the writer before closing it.
+        fcntl.flock(self._writer_lock[1], fcntl.LOCK_UN)
 
     def _lock_file(self) -> BinaryIO:
         # A forked child opens its own: sharing the parent's open file would share its lock. Closing the child's
@@ -440,7 +446,7 @@ class Store:
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
-        self._checkpointer = (_Checkpointer(self.backend.path, self._sqlite_writer_locks)
+        self._checkpointer = (_Checkpointer(self.backend.path, self._lock_sqlite_writers, self._unlock_sqlite_writers)
                               if isinstance(self.backend, _SQLite) else None)
 
     # ---- connections --------------------------------------------------------------------------------------------
@@ -563,29 +569,38 @@ class Store:
 
     @contextlib.contextmanager
     def _one_writer(self) -> Iterator[float | None]:
-        """SQLite has one writer at a time (see `_sqlite_writer_locks`); yields the seconds left of its busy timeout."""
+        """SQLite has one writer at a time (see `_lock_sqlite_writers`); yields the seconds left of its busy timeout."""
         if self._checkpointer is None:
             yield None
             return
         try:
-            with self._sqlite_writer_locks() as busy_seconds:
+            busy_seconds = self._lock_sqlite_writers()
+            try:
                 yield busy_seconds
+            finally:
+                self._unlock_sqlite_writers()
         finally:
             self._checkpointer.wrote()
 
-    @contextlib.contextmanager
-    def _sqlite_writer_locks(self) -> Iterator[float]:
+    def _lock_sqlite_writers(self) -> float:
         """SQLite has one writer at a time, and a writer that finds it busy sleeps (1, 2, 5, 10 ms...) before
         trying again, which gave writes a p99 of hundreds of ms. Threads of one process queue on a lock
         instead, woken the moment it is free, and processes on a lock file, polled at 0.1 to 2 ms; only other
         programs still meet SQLite's busy wait. Time spent on the locks counts against the busy timeout:
-        yields the seconds left of it."""
+        returns the seconds left of it. `_unlock_sqlite_writers` lets go of both."""
         began = time.monotonic()
         if not self._sqlite_writer.acquire(timeout=SQLITE_BUSY_SECONDS):
             raise DatabaseUnavailableError()
         try:
-            with self.backend.one_process_at_a_time(SQLITE_BUSY_SECONDS - (time.monotonic() - began)):
-                yield SQLITE_BUSY_SECONDS - (time.monotonic() - began)
+            self.backend.lock_out_other_processes(SQLITE_BUSY_SECONDS - (time.monotonic() - began))
+        except BaseException:
+            self._sqlite_writer.release()
+            raise
+        return SQLITE_BUSY_SECONDS - (time.monotonic() - began)
+
+    def _unlock_sqlite_writers(self) -> None:
+        try:
+            self.backend.let_other_processes_in()
         finally:
             self._sqlite_writer.release()
 
@@ -751,7 +766,8 @@ class Store:
         time_in = self.backend.time_in
         params = []
         for event in events:
-            params += (time_in(event["at"]), *(event[column] for column in AUDIT_COLUMNS[1:]))
+            params.append(time_in(event["at"]))
+            params += _AUDIT_VALUES(event)
         return params
 
     def append_audit(self, events: Callable[[], Sequence[dict[str, Any]]]) -> None:
