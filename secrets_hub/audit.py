@@ -140,6 +140,8 @@ class GroupCommitWriter:
             with self._lock:
                 batch.extend(self._waiting[:MAX_BATCH])
                 del self._waiting[:MAX_BATCH]
+                if own not in batch:  # forked since it took the turn, this process starts afresh with no queue
+                    batch.append(own)
                 for pending in batch:
                     pending.state = "writing"
             return [pending.row for pending in batch]

@@ -133,6 +133,24 @@ def test_a_request_whose_writer_hangs_gives_up_and_its_event_is_not_written_late
     assert keys_in_log(runtime) == ["AFTER", "STUCK"]
 
 
+def test_a_writer_started_afresh_before_its_batch_is_taken_still_writes_its_own_event_once():
+    """What a process forked between taking the turn to write and taking the batch finds: no queue (see
+    `_after_fork_in_child`). The request holding the turn still gets its event written, and returns."""
+    written: list[list[str]] = []
+
+    class Store:
+        def append_audit(self, take: Callable[[], list[dict[str, Any]]]) -> None:
+            writer._start_afresh()
+            written.append([row["key"] for row in take()])
+
+    writer = audit.GroupCommitWriter(Store())
+    done = threading.Thread(target=writer.write, args=({"key": "OWN"},), daemon=True)
+    done.start()
+    done.join(5)
+    assert not done.is_alive()
+    assert written == [["OWN"]]
+
+
 def test_a_forked_child_writes_its_own_events_even_if_forked_mid_batch(runtime, monkeypatch, tmp_path):
     import os
 
