@@ -160,6 +160,16 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def hold_sqlite_writer_lock(database_url: str) -> int:
+    """Take the lock file beside a SQLite database as another process's writer would; close the descriptor to
+    let go."""
+    import fcntl
+
+    other_process = os.open(database_url.removeprefix("sqlite:///") + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(other_process, fcntl.LOCK_EX)
+    return other_process
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import hold_sqlite_writer_lock
 
 from secrets_hub import audit
 from secrets_hub.auth import operator
@@ -180,15 +181,6 @@ def test_a_forked_child_writes_its_own_events_even_if_forked_mid_batch(runtime, 
     assert keys_in_log(runtime) == ["CHILD", "PARENT"]
 
 
-def hold_writer_lock_as_another_process(database_url: str) -> int:
-    import fcntl
-    import os
-
-    other_process = os.open(database_url.removeprefix("sqlite:///") + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(other_process, fcntl.LOCK_EX)
-    return other_process
-
-
 def test_sqlite_events_arriving_while_another_process_writes_join_the_batch_waiting_for_it(
         backend, database_url, runtime, monkeypatch):
     """The batch is taken once the writer locks are held: one commit for all who waited for them."""
@@ -209,7 +201,7 @@ def test_sqlite_events_arriving_while_another_process_writes_join_the_batch_wait
         append_audit(taken)
 
     monkeypatch.setattr(store, "append_audit", recorded)
-    other_process = hold_writer_lock_as_another_process(database_url)
+    other_process = hold_sqlite_writer_lock(database_url)
     errors: dict[str, BaseException] = {}
     threads = [threading.Thread(target=record, args=(runtime, f"K{n:02d}", errors)) for n in range(9)]
     threads[0].start()
@@ -234,7 +226,7 @@ def test_sqlite_when_the_writer_lock_never_comes_those_waiting_fail_and_the_next
     from secrets_hub import store
 
     monkeypatch.setattr(store, "SQLITE_BUSY_SECONDS", 0.5)
-    other_process = hold_writer_lock_as_another_process(database_url)
+    other_process = hold_sqlite_writer_lock(database_url)
     errors: dict[str, BaseException] = {}
     try:
         threads = [threading.Thread(target=record, args=(runtime, f"K{n:02d}", errors)) for n in range(3)]

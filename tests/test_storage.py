@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, delete, func, inspect, select, text, update
 from sqlalchemy.engine import Engine
 
-from conftest import MASTER_KEY, SECRETS_HUB, bearer, cli_env, free_port
+from conftest import MASTER_KEY, SECRETS_HUB, bearer, cli_env, free_port, hold_sqlite_writer_lock
 from secrets_hub import bootstrap, service, users
 from secrets_hub.app import create_app
 from secrets_hub.auth import caller_for_user
@@ -741,18 +741,15 @@ def test_sqlite_writes_wait_for_a_writer_of_another_process_and_go_on_when_it_is
     """Worker processes take turns on a lock file beside the database instead of SQLite's sleeping busy wait."""
     if backend != "sqlite":
         pytest.skip("PostgreSQL orders writers itself")
-    import fcntl
     import threading
 
-    other_process = os.open(database_url.removeprefix("sqlite:///") + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(other_process, fcntl.LOCK_EX)
+    other_process = hold_sqlite_writer_lock(database_url)
     answers: list[int] = []
     writer = threading.Thread(target=lambda: answers.append(
         client.post("/api/secrets", json={"key": "WAITED", "value": "v"}, headers=bearer(admin_token)).status_code))
     writer.start()
     writer.join(0.5)
     assert writer.is_alive() and answers == []  # waiting for the lock
-    fcntl.flock(other_process, fcntl.LOCK_UN)
     os.close(other_process)
     writer.join(5)
     assert answers == [200]
@@ -763,15 +760,12 @@ def test_sqlite_a_write_gives_up_with_503_when_another_process_keeps_the_writer_
                                                                                    admin_token, monkeypatch):
     if backend != "sqlite":
         pytest.skip("PostgreSQL orders writers itself")
-    import fcntl
-
     from secrets_hub import store
 
     monkeypatch.setattr(store, "SQLITE_BUSY_SECONDS", 0.5)
     path = database_url.removeprefix("sqlite:///")
     os.chmod(path, 0o640)
-    other_process = os.open(path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(other_process, fcntl.LOCK_EX)
+    other_process = hold_sqlite_writer_lock(database_url)
     try:
         response = client.post("/api/secrets", json={"key": "NOT_NOW", "value": "v"}, headers=bearer(admin_token))
         assert (response.status_code, response.get_json()["message"]) == (503, "Database unavailable")
