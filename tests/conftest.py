@@ -6,6 +6,7 @@ server does not answer, the PostgreSQL cases skip with the reason.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -160,14 +161,34 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def _sqlite_writer_lock_file(database_url: str) -> int:
+    return os.open(database_url.removeprefix("sqlite:///") + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+
 def hold_sqlite_writer_lock(database_url: str) -> int:
     """Take the lock file beside a SQLite database as another process's writer would; close the descriptor to
     let go."""
-    import fcntl
-
-    other_process = os.open(database_url.removeprefix("sqlite:///") + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    other_process = _sqlite_writer_lock_file(database_url)
     fcntl.flock(other_process, fcntl.LOCK_EX)
     return other_process
+
+
+def server_writing_within(database_url: str, seconds: float) -> None:
+    """Return once a writer of the server holds the lock file beside the SQLite database (it then waits for
+    SQLite's own lock), so that what the test does next happens while that write waits."""
+    deadline = time.monotonic() + seconds
+    descriptor = _sqlite_writer_lock_file(database_url)
+    try:
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            assert time.monotonic() < deadline, "no write of the server took the writer lock"
+            time.sleep(0.001)
+    finally:
+        os.close(descriptor)
 
 
 def free_port() -> int:

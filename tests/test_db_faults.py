@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 
-from conftest import POSTGRES_URL, ServerProcess, bearer, cli_env, free_port
+from conftest import POSTGRES_URL, ServerProcess, bearer, cli_env, free_port, server_writing_within
 
 UNAVAILABLE = {"statusCode": 503, "message": "Database unavailable"}
 TIMEOUT = 60
@@ -342,8 +342,14 @@ def test_locked_sqlite_database(server, token, database_url):
             threads = [threading.Thread(target=send, args=(i, *r)) for i, r in enumerate(requests_)]
             for thread in threads:
                 thread.start()
+            server_writing_within(database_url, seconds=4)
+            started = time.monotonic()
             meanwhile()
-            assert all(thread.is_alive() for thread in threads), "a write did not wait for the lock"
+            # With what happened if not: how long `meanwhile` took, and what each answered request was told.
+            assert all(thread.is_alive() for thread in threads), (
+                "a write did not wait for the lock", round(time.monotonic() - started, 3),
+                [(r[0].status_code, body_of(r[0]), round(r[1], 3)) for r in results if r is not None],
+                server.log()[-3000:])
             for thread in threads:
                 thread.join(timeout=TIMEOUT + 5)
             assert None not in results
