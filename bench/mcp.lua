@@ -1,5 +1,5 @@
 -- MCP get_secret calls for wrk: one connection per wrk thread, each thread one MCP client.
---   wrk -t8 -c8 ... -s bench/mcp.lua URL/mcp -- TOKEN PROTOCOL_VERSION KEYS
+--   BENCH_TOKEN=TOKEN wrk -t8 -c8 ... -s bench/mcp.lua URL/mcp -- PROTOCOL_VERSION KEYS
 -- The server is stateless: run.py has each client probe it (server/discover) before wrk starts, and every
 -- call carries the headers and the `_meta` envelope of the stateless protocol, as the SDK's client sends
 -- them. Every answer is checked: a call whose body lacks the value run.py filled for that key counts as
@@ -16,19 +16,19 @@ local headers, keys, envelope, pending_key
 wrong = 0  -- global, so that done() can read it from each thread
 
 function init(args)
-  keys = tonumber(args[3])
+  keys = tonumber(args[2])
   headers = {
-    ["Authorization"] = "Bearer " .. args[1],
+    ["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN"),  -- see wrk.lua
     ["Content-Type"] = "application/json",
     ["Accept"] = "application/json, text/event-stream",
-    ["MCP-Protocol-Version"] = args[2],
+    ["MCP-Protocol-Version"] = args[1],
     ["Mcp-Method"] = "tools/call",
     ["Mcp-Name"] = "get_secret",
   }
   -- run.py's mcp_envelope()
   envelope = string.format(
     '{"io.modelcontextprotocol/protocolVersion":"%s","io.modelcontextprotocol/clientInfo":' ..
-    '{"name":"bench-client-%d","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}', args[2], number)
+    '{"name":"bench-client-%d","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}', args[1], number)
   counter = number * 7919
 end
 

@@ -340,15 +340,17 @@ def median_of(runs: list[Measure]) -> Measure:
 
 
 def wrk(url: str, target: str, operation: str, token: str, plan: Plan, duration: int) -> Measure:
-    return run_wrk(f"{target} {operation}", plan.threads, plan.connections, duration, "wrk.lua", url,
-                   [target, operation, token, str(plan.secrets)])
+    return run_wrk(f"{target} {operation}", plan.threads, plan.connections, duration, "wrk.lua", url, token,
+                   [target, operation, str(plan.secrets)])
 
 
-def run_wrk(what: str, threads: int, connections: int, duration: int, script: str, url: str,
+def run_wrk(what: str, threads: int, connections: int, duration: int, script: str, url: str, token: str,
             script_args: list[str]) -> Measure:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
             "-s", str(BENCH / script), url, "--", *script_args]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    # The token goes in the environment, which only this user can read, never on the command line (ps shows it).
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
+                          env={**os.environ, "BENCH_TOKEN": token})
     lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH ")]
     if done.returncode != 0 or not lines:
         raise Broken(f"wrk {what} failed: {(done.stderr or done.stdout).strip()}")
@@ -418,7 +420,7 @@ def measure_mcp(stack: contextlib.ExitStack, work: Path, hub: Hub, plan: Plan) -
 
     def calls(duration: int) -> Measure:
         return run_wrk("MCP get_secret", plan.mcp_clients, plan.mcp_clients, duration, "mcp.lua", url,
-                       [hub.mcp_token, version, str(plan.secrets)])
+                       hub.mcp_token, [version, str(plan.secrets)])
 
     if plan.warmup:
         calls(plan.warmup)

@@ -1,5 +1,5 @@
 -- The requests of bench/run.py, for wrk:
---   wrk ... -s bench/wrk.lua URL -- TARGET OPERATION TOKEN KEYS
+--   BENCH_TOKEN=TOKEN wrk ... -s bench/wrk.lua URL -- TARGET OPERATION KEYS
 -- TARGET is hub (secrets-hub), bao (OpenBao KV v2 at secret/) or floor (bench/floor_app.py);
 -- OPERATION is read, list or write; KEYS is how many BENCH_KEY_nnnnn secrets were filled.
 -- done() prints one line `BENCH {json}` that run.py parses.
@@ -15,11 +15,12 @@ end
 local target, operation, keys, headers
 
 function init(args)
-  target, operation, keys = args[1], args[2], tonumber(args[4])
+  target, operation, keys = args[1], args[2], tonumber(args[3])
+  local token = os.getenv("BENCH_TOKEN")  -- not an argument: the command line is visible to every user
   if target == "bao" then
-    headers = {["X-Vault-Token"] = args[3]}
+    headers = {["X-Vault-Token"] = token}
   else
-    headers = {["Authorization"] = "Bearer " .. args[3]}
+    headers = {["Authorization"] = "Bearer " .. token}
   end
   headers["Content-Type"] = "application/json"
 end
