@@ -42,13 +42,14 @@ class FailedAuthentications:
             return self._counter
 
     def blocked(self, address: str | None) -> bool:
-        if self.in_process and time.monotonic() >= self._quiet_from:
+        if self.in_process and time.time() >= self._quiet_from:
             return False
         counter, limit = self._limit()
         return not counter.test(limit, _NAMESPACE, str(address))
 
     def count(self, address: str | None) -> None:
         counter, limit = self._limit()
-        if self.in_process:  # a second's margin: limits keeps its windows by the wall clock
-            self._quiet_from = max(self._quiet_from, time.monotonic() + limit.get_expiry() + 1)
+        if self.in_process:
+            # By the wall clock, as limits keeps its windows: a clock set back then delays both alike. A second's margin.
+            self._quiet_from = max(self._quiet_from, time.time() + limit.get_expiry() + 1)
         counter.hit(limit, _NAMESPACE, str(address))

@@ -18,6 +18,8 @@ import json
 import re
 import socket
 import threading
+import time
+from types import SimpleNamespace
 from typing import Any, Iterable
 from urllib.parse import quote, urlsplit
 
@@ -29,7 +31,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 from werkzeug.wrappers import Response
 
 from conftest import bearer
-from secrets_hub import users
+from secrets_hub import throttle, users
 from secrets_hub.db import db
 from secrets_hub.models import Secret
 
@@ -602,6 +604,20 @@ def test_failed_bearer_authentications_are_limited_per_address(client, auth):
     elsewhere = {"REMOTE_ADDR": "192.0.2.7"}
     assert client.get("/api/secrets", headers=auth, environ_overrides=elsewhere).status_code == 200
     assert snapshot(client_from(client, elsewhere), auth) == {}
+
+
+@sqlite_only
+def test_a_wall_clock_set_back_does_not_end_a_block_early(client, auth, monkeypatch):
+    """The failure counters expire by the wall clock; the check that skips them must count time the same way."""
+    bad = bearer("shub_guessed-token-000000000000000000000")
+    for _ in range(30):
+        assert_error(client.get("/api/secrets", headers=bad), 401, "Authentication required")
+    # 61 s later by a steady clock, but the wall clock was set back 30 s meanwhile: the window (60 s by the wall
+    # clock) still runs for 29 s.
+    monkeypatch.setattr(throttle, "time", SimpleNamespace(time=lambda: time.time() + 31,
+                                                          monotonic=lambda: time.monotonic() + 61))
+    assert_error(client.get("/api/secrets/ANY_KEY", headers=auth), 429)
+    assert_error(client.get("/api/secrets", headers=auth), 429)
 
 
 def client_from(client, environ: dict[str, str]):
