@@ -252,6 +252,8 @@ class _SQLite(_Backend):
                     raise DatabaseUnavailableError() from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
+            except OSError:  # no lock to be had (ENOLCK, say): as for a database that cannot be opened
+                raise DatabaseUnavailableError() from None
 
     def let_other_processes_in(self) -> None:
         # The file lock_out_other_processes locked: close() waits for the writer before closing it.

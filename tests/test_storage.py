@@ -790,6 +790,40 @@ def test_sqlite_a_write_reaches_the_database_file_itself_with_no_later_write(bac
         time.sleep(0.05)
 
 
+def test_sqlite_a_lock_file_that_cannot_be_locked_is_503_and_the_checkpointer_lives_on(backend, database_url, client,
+                                                                                      admin_token, tmp_path,
+                                                                                      monkeypatch):
+    """flock failing outright (ENOLCK, say), not because another writer holds it: writes are told the database is
+    unavailable, and the checkpointer, which failed the same way, copies the next write into the file."""
+    if backend != "sqlite":
+        pytest.skip("a SQLite WAL checkpoint")
+    import errno
+    import fcntl
+    import threading
+
+    real_flock, checkpointer_failed = fcntl.flock, threading.Event()
+
+    def no_locks(descriptor: Any, operation: int) -> None:
+        if operation & fcntl.LOCK_EX:
+            if threading.current_thread().name == "sqlite-checkpoint":
+                checkpointer_failed.set()
+            raise OSError(errno.ENOLCK, "No locks available")
+        real_flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    response = client.post("/api/secrets", json={"key": "NO_LOCKS", "value": "v"}, headers=bearer(admin_token))
+    assert (response.status_code, response.get_json()) == (503, {"statusCode": 503, "message": "Database unavailable"})
+    assert checkpointer_failed.wait(10), "the write did not wake the checkpointer"
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+
+    assert client.post("/api/secrets", json={"key": "LOCKS_AGAIN", "value": "v"},
+                       headers=bearer(admin_token)).status_code == 200
+    path, deadline = Path(database_url.removeprefix("sqlite:///")), time.monotonic() + 10
+    while not _in_file_alone(path, tmp_path / "file-alone.db", "LOCKS_AGAIN"):
+        assert time.monotonic() < deadline, "the checkpointer is gone: the write never reached the database file"
+        time.sleep(0.05)
+
+
 def _in_file_alone(path: Path, copy: Path, key: str) -> bool:
     """Whether the database file, copied without its -wal file, holds the secret `key`."""
     import shutil
