@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, TypeVar
@@ -445,11 +446,15 @@ class Store:
 
     def __init__(self, database_url: str):
         self.backend = _backend_for(database_url)
+        self._start_afresh()
+        self._checkpointer = (_Checkpointer(self.backend.path, self._lock_sqlite_writers, self._unlock_sqlite_writers)
+                              if isinstance(self.backend, _SQLite) else None)
+        _stores.add(self)
+
+    def _start_afresh(self) -> None:
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
-        self._checkpointer = (_Checkpointer(self.backend.path, self._lock_sqlite_writers, self._unlock_sqlite_writers)
-                              if isinstance(self.backend, _SQLite) else None)
 
     # ---- connections --------------------------------------------------------------------------------------------
 
@@ -792,3 +797,21 @@ class Store:
         rows = self._fetch(f"SELECT {', '.join(columns)} FROM audit_events {where}ORDER BY id DESC LIMIT ?",  # noqa: S608
                            (*params, limit))
         return [dict(zip(columns, row, strict=True)) | {"at": time_out(row[1])} for row in rows]
+
+
+# A process forked while threads of it used a store would inherit their locks, perhaps taken by threads it does
+# not have, and idle connections whose sockets and files it shares with its parent: in the child, each store
+# starts afresh. The inherited connections are kept from the garbage collector, never used nor closed: closing a
+# PostgreSQL connection would end the parent's too. (SQLite keeps its own locks in the process's memory as well:
+# a fork in the middle of a SQLite transaction still leaves the child unable to write; sqlite.org/howtocorrupt.html.)
+_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+_inherited_connections: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for store in _stores:
+        _inherited_connections.extend(store._idle)
+        store._start_afresh()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -181,6 +181,41 @@ def test_a_forked_child_writes_its_own_events_even_if_forked_mid_batch(runtime, 
     assert keys_in_log(runtime) == ["CHILD", "PARENT"]
 
 
+def test_postgres_a_child_forked_in_the_middle_of_a_write_uses_connections_of_its_own(backend, runtime, tmp_path):
+    """Forked while the parent writes, with idle connections in the pool: the child opens its own instead of
+    sending its statements down the parent's sockets."""
+    if backend != "postgresql":
+        pytest.skip("SQLite's own locks cannot be carried across a fork at all (sqlite.org/howtocorrupt.html)")
+    import os
+
+    store = runtime.store
+    backend_pid = "SELECT pg_backend_pid()"
+    # Two connections at once, so that one is still idle while the write below holds the other.
+    parents = store._run(lambda connection: {connection.info.backend_pid, store._fetch(backend_pid, one=True)[0]})
+    report = tmp_path / "child"
+
+    def fork_in_the_middle(tx: Any) -> int:
+        tx.execute("SELECT 1")
+        child = os.fork()
+        if child == 0:
+            status = 1
+            try:
+                errors: dict[str, BaseException] = {}
+                record(runtime, "CHILD", errors)
+                report.write_text(f"{errors} {store._fetch(backend_pid, one=True)[0]}")
+                status = 0
+            finally:
+                os._exit(status)
+        return child
+
+    child = store.write(fork_in_the_middle)
+    assert os.waitpid(child, 0)[1] == 0
+    errors, used = report.read_text().rsplit(" ", 1)
+    assert (errors, int(used) in parents, len(parents)) == ("{}", False, 2)
+    record(runtime, "PARENT", {})
+    assert keys_in_log(runtime) == ["CHILD", "PARENT"]
+
+
 def test_sqlite_events_arriving_while_another_process_writes_join_the_batch_waiting_for_it(
         backend, database_url, runtime, monkeypatch):
     """The batch is taken once the writer locks are held: one commit for all who waited for them."""
