@@ -73,9 +73,14 @@ def validate_description(description: Any) -> str | None:
     return description
 
 
+def is_decimal(text: str) -> bool:
+    """Digits 0 to 9 only. str.isdigit alone also takes "²" and other digits that int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def validate_version(version: Any) -> int:
     """A version number: a positive whole number, given as an int or as its decimal text."""
-    if isinstance(version, str) and version.strip('"').isdigit():
+    if isinstance(version, str) and is_decimal(version.strip('"')):
         version = int(version.strip('"'))
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
         raise ValidationError("Version must be a positive integer")

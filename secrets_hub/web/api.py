@@ -13,7 +13,7 @@ from secrets_hub import audit, auth, bootstrap, schemas, service, tokens
 from secrets_hub.errors import AuthenticationError, TooManyRequestsError, UnsupportedMediaTypeError, ValidationError
 from secrets_hub.runtime import runtime
 from secrets_hub.throttle import TOO_MANY_FAILURES
-from secrets_hub.validation import parse_duration, validate_version
+from secrets_hub.validation import is_decimal, parse_duration, validate_version
 from secrets_hub.web import csrf
 from secrets_hub.web.openapi import build_spec, operation
 
@@ -192,10 +192,10 @@ def restore_secret(key: str):
                    "description": "Only events older than this event id (paging)"}))
 def list_audit():
     limit = request.args.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= audit.MAX_LIMIT:
+    if not is_decimal(limit) or not 1 <= int(limit) <= audit.MAX_LIMIT:
         raise ValidationError(f"Limit must be a whole number from 1 to {audit.MAX_LIMIT}")
     before = request.args.get("before")
-    if before is not None and not (before.isdigit() and 1 <= int(before) <= 2**62):
+    if before is not None and not (is_decimal(before) and 1 <= int(before) <= 2**62):
         raise ValidationError("Before must be an event id")
     events = service.read_audit_log(_caller(), key=request.args.get("key"), actor=request.args.get("actor"),
                                     limit=int(limit), before=None if before is None else int(before))

@@ -25,6 +25,7 @@ from secrets_hub import schemas, service
 from secrets_hub.auth import bearer_token
 from secrets_hub.errors import SecretsHubError
 from secrets_hub.runtime import activated
+from secrets_hub.validation import is_decimal
 from secrets_hub.web import SECURITY_HEADERS, api, errors, security_headers
 
 PREFIX = "/api/secrets/"
@@ -50,7 +51,7 @@ def hot_request(environ: dict[str, Any], max_body: int) -> tuple[str, str] | Non
 
 def _declared_length(header: str) -> float:
     """A plain Content-Length's value; infinity for anything odder ("+5", " 5", "²", 5,000 digits), left to Flask."""
-    return int(header) if header.isascii() and header.isdigit() and len(header) <= 18 else float("inf")
+    return int(header) if is_decimal(header) and len(header) <= 18 else float("inf")
 
 
 class HotPath:
