@@ -13,11 +13,10 @@ fsync (PostgreSQL) one by one.
 from __future__ import annotations
 
 import _thread
-import os
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any
 
+from secrets_hub import forks
 from secrets_hub.errors import DatabaseUnavailableError
 from secrets_hub.store import Store, utcnow
 
@@ -96,9 +95,11 @@ class GroupCommitWriter:
     def __init__(self, store: Store):
         self._store = store
         self._start_afresh()
-        _writers.add(self)
+        forks.start_afresh_in_forked_children(self)
 
     def _start_afresh(self) -> None:
+        # Also in a forked child (see forks): a process forked while one of its threads wrote a batch would
+        # inherit a turn to write that nobody holds, and the waiting requests of threads it does not have.
         self._lock = threading.Lock()
         self._waiting: list[_Pending] = []
         self._writing = False
@@ -163,19 +164,6 @@ class GroupCommitWriter:
             else:  # an interruption of this thread (not an Exception) is not theirs to raise
                 pending.wake("done", error if error is None or isinstance(error, Exception)
                              else DatabaseUnavailableError())
-
-
-# A process forked while one of its threads was writing a batch would inherit a writer turn nobody holds, and
-# the waiting requests of threads it does not have: each writer starts afresh in the child.
-_writers: weakref.WeakSet[GroupCommitWriter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for writer in _writers:
-        writer._start_afresh()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def list_events(key: str | None = None, actor: str | None = None, limit: int = 100,

@@ -19,6 +19,7 @@ SQLAlchemy's pool_pre_ping gives, without a round trip per request.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import logging
@@ -30,11 +31,11 @@ import threading
 import time
 import urllib.parse
 import uuid
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, TypeVar
 
+from secrets_hub import forks
 from secrets_hub.errors import ConfigError, DatabaseUnavailableError, ValidationError
 
 T = TypeVar("T")
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Idle connections kept per process; more are opened under a burst and closed when given back.
 MAX_IDLE = 16
+# A forked child's inherited connections (see Store._start_afresh).
+_inherited_connections: list[Any] = []
 # connect_timeout bounds how long a request waits on an unreachable server before its 503: short, because
 # each server thread waiting on it holds back the requests queued behind it. Keepalives and
 # tcp_user_timeout (ms) end a connection whose network path died, instead of letting it hang.
@@ -166,8 +169,13 @@ class _Checkpointer:
         # An empty authority (file:///...), so that a path beginning with // is not taken for a host.
         self._uri = f"file://{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
         self._lock_writers, self._unlock_writers = lock_writers, unlock_writers
-        self._starting = threading.Lock()
+        self._start_afresh()
         self._running: tuple[int, threading.Event, threading.Event, threading.Thread] | None = None
+        forks.start_afresh_in_forked_children(self)
+
+    def _start_afresh(self) -> None:
+        # Also in a forked child (see forks), where a thread starting the checkpointer may have held it.
+        self._starting = threading.Lock()
 
     def wrote(self) -> None:
         running = self._running
@@ -219,10 +227,15 @@ class _Checkpointer:
             finally:
                 self._unlock_writers()
         except DatabaseUnavailableError:
-            pass  # the writer locks stayed taken (a long write): the next write asks again
+            pass  # the writer locks stayed taken (a long write), or cannot be had (logged): the next write asks again
         except sqlite3.Error as error:  # SQLite's own words, never a value
             log.warning("SQLite checkpoint failed (%s): the WAL grows until one succeeds", error)
         return connection
+
+
+def sqlite_writer_lock_path(database_path: str) -> str:
+    """The lock file beside a SQLite database on which writers of different processes take turns."""
+    return f"{database_path}-writer.lock"
 
 
 class _SQLite(_Backend):
@@ -253,7 +266,9 @@ class _SQLite(_Backend):
                     raise DatabaseUnavailableError() from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
-            except OSError:  # no lock to be had (ENOLCK, say): as for a database that cannot be opened
+            except OSError as error:  # no lock to be had at all: as for a database that cannot be opened
+                log.warning("SQLite writer lock file cannot be locked (%s): writes are refused",
+                            errno.errorcode.get(error.errno, error.errno))
                 raise DatabaseUnavailableError() from None
 
     def let_other_processes_in(self) -> None:
@@ -267,7 +282,7 @@ class _SQLite(_Backend):
             self.close()
             try:
                 database = os.stat(self.path)
-                descriptor = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                descriptor = os.open(sqlite_writer_lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o600)
                 # Like SQLite's -wal and -shm files: the database file's mode, and its owner when made by root, so
                 # that `sudo secrets-hub ...` cannot lock the service's own user out.
                 if os.fstat(descriptor).st_uid == os.geteuid():
@@ -446,13 +461,21 @@ class Store:
 
     def __init__(self, database_url: str):
         self.backend = _backend_for(database_url)
-        self._start_afresh()
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._sqlite_writer = threading.Lock()
         self._checkpointer = (_Checkpointer(self.backend.path, self._lock_sqlite_writers, self._unlock_sqlite_writers)
                               if isinstance(self.backend, _SQLite) else None)
-        _stores.add(self)
+        forks.start_afresh_in_forked_children(self)
 
     def _start_afresh(self) -> None:
-        self._idle: list[Any] = []
+        """In a forked child (see forks): new locks, and connections of its own. The parent's idle ones are kept
+        from the garbage collector, never used nor closed: SQLite's may not be touched in a child at all
+        (sqlite.org/howtocorrupt.html), and closing a PostgreSQL one would end the parent's session. SQLite keeps
+        its own locks in the process's memory too: a fork in the middle of a SQLite transaction still leaves the
+        child unable to write."""
+        _inherited_connections.extend(self._idle)
+        self._idle = []
         self._lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
 
@@ -797,21 +820,3 @@ class Store:
         rows = self._fetch(f"SELECT {', '.join(columns)} FROM audit_events {where}ORDER BY id DESC LIMIT ?",  # noqa: S608
                            (*params, limit))
         return [dict(zip(columns, row, strict=True)) | {"at": time_out(row[1])} for row in rows]
-
-
-# A process forked while threads of it used a store would inherit their locks, perhaps taken by threads it does
-# not have, and idle connections whose sockets and files it shares with its parent: in the child, each store
-# starts afresh. The inherited connections are kept from the garbage collector, never used nor closed: closing a
-# PostgreSQL connection would end the parent's too. (SQLite keeps its own locks in the process's memory as well:
-# a fork in the middle of a SQLite transaction still leaves the child unable to write; sqlite.org/howtocorrupt.html.)
-_stores: weakref.WeakSet[Store] = weakref.WeakSet()
-_inherited_connections: list[Any] = []
-
-
-def _after_fork_in_child() -> None:
-    for store in _stores:
-        _inherited_connections.extend(store._idle)
-        store._start_afresh()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -24,6 +24,7 @@ from secrets_hub import bootstrap
 from secrets_hub.app import create_app
 from secrets_hub.auth import operator
 from secrets_hub.db import db
+from secrets_hub.store import sqlite_writer_lock_path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -162,7 +163,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def _sqlite_writer_lock_file(database_url: str) -> int:
-    return os.open(database_url.removeprefix("sqlite:///") + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    return os.open(sqlite_writer_lock_path(database_url.removeprefix("sqlite:///")), os.O_RDWR | os.O_CREAT, 0o600)
 
 
 def hold_sqlite_writer_lock(database_url: str) -> int:
@@ -174,18 +175,21 @@ def hold_sqlite_writer_lock(database_url: str) -> int:
 
 
 def server_writing_within(database_url: str, seconds: float) -> None:
-    """Return once a writer of the server holds the lock file beside the SQLite database (it then waits for
-    SQLite's own lock), so that what the test does next happens while that write waits."""
-    deadline = time.monotonic() + seconds
+    """Return once a writer of the server has held the lock file beside the SQLite database for 0.2 s (it waits
+    for SQLite's own lock then; a checkpoint holds it for milliseconds), so that what the test does next
+    happens while that write waits."""
+    deadline, held_since = time.monotonic() + seconds, None
     descriptor = _sqlite_writer_lock_file(database_url)
     try:
-        while True:
+        while held_since is None or time.monotonic() - held_since < 0.2:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-            assert time.monotonic() < deadline, "no write of the server took the writer lock"
+                held_since = held_since or time.monotonic()
+            else:
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+                held_since = None
+                assert time.monotonic() < deadline, "no write of the server took the writer lock"
             time.sleep(0.001)
     finally:
         os.close(descriptor)

@@ -136,7 +136,7 @@ def test_a_request_whose_writer_hangs_gives_up_and_its_event_is_not_written_late
 
 def test_a_writer_started_afresh_before_its_batch_is_taken_still_writes_its_own_event_once():
     """What a process forked between taking the turn to write and taking the batch finds: no queue (see
-    `_after_fork_in_child`). The request holding the turn still gets its event written, and returns."""
+    `secrets_hub.forks`). The request holding the turn still gets its event written, and returns."""
     written: list[list[str]] = []
 
     class Store:
@@ -181,6 +181,41 @@ def test_a_forked_child_writes_its_own_events_even_if_forked_mid_batch(runtime, 
     assert keys_in_log(runtime) == ["CHILD", "PARENT"]
 
 
+def in_child(report: Any, work: Callable[[], Any]) -> None:
+    """The end of a forked child: run `work`, and exit 0, or 1 with the traceback in `report` (a Path)."""
+    import os
+    import traceback
+
+    status = 1
+    try:
+        work()
+        status = 0
+    except BaseException:  # noqa: BLE001 - the child's failure goes to the parent through `report`
+        report.write_text(traceback.format_exc())
+    finally:
+        os._exit(status)
+
+
+def test_sqlite_a_child_forked_while_the_checkpointer_is_being_started_writes(backend, runtime, tmp_path):
+    """Forked while another thread holds the lock under which the checkpointer thread is started: the child
+    starts its own checkpointer after its first write instead of waiting for that lock forever."""
+    if backend != "sqlite":
+        pytest.skip("only SQLite has a checkpointer")
+    import os
+    import signal
+
+    starting = runtime.store._checkpointer._starting
+    report = tmp_path / "child"
+    with starting:  # as a thread starting the checkpointer would
+        child = os.fork()
+        if child == 0:
+            signal.alarm(10)  # a child that waits for the lock forever is killed, and the test fails
+            in_child(report, lambda: record(runtime, "CHILD", {}))
+    _, status = os.waitpid(child, 0)
+    assert status == 0, report.read_text() if report.exists() else f"status {status}"
+    assert keys_in_log(runtime) == ["CHILD"]
+
+
 def test_postgres_a_child_forked_in_the_middle_of_a_write_uses_connections_of_its_own(backend, runtime, tmp_path):
     """Forked while the parent writes, with idle connections in the pool: the child opens its own instead of
     sending its statements down the parent's sockets."""
@@ -198,18 +233,16 @@ def test_postgres_a_child_forked_in_the_middle_of_a_write_uses_connections_of_it
         tx.execute("SELECT 1")
         child = os.fork()
         if child == 0:
-            status = 1
-            try:
+            def child_work() -> None:
                 errors: dict[str, BaseException] = {}
                 record(runtime, "CHILD", errors)
                 report.write_text(f"{errors} {store._fetch(backend_pid, one=True)[0]}")
-                status = 0
-            finally:
-                os._exit(status)
+
+            in_child(report, child_work)
         return child
 
     child = store.write(fork_in_the_middle)
-    assert os.waitpid(child, 0)[1] == 0
+    assert os.waitpid(child, 0)[1] == 0, report.read_text()
     errors, used = report.read_text().rsplit(" ", 1)
     assert (errors, int(used) in parents, len(parents)) == ("{}", False, 2)
     record(runtime, "PARENT", {})
