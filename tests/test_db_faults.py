@@ -331,41 +331,51 @@ def test_locked_sqlite_database(server, token, database_url):
     try:
         holder.execute("BEGIN IMMEDIATE")
 
-        def waited_then_refused(requests_: list[tuple[str, str, Any]], meanwhile: Callable[[], None] = lambda: None):
-            """Send the requests together, run `meanwhile`; each waits out the busy timeout (5 s), then 503."""
+        def waited_then_refused(requests_: list[tuple[str, str, Any]],
+                                meanwhile: Callable[[list[tuple[str, float]]], None] = lambda reads: None):
+            """Send the requests together, run `meanwhile` (it notes how long each of its reads took); each request
+            waits out the busy timeout (5 s), then 503."""
             results: list[Any] = [None] * len(requests_)
+            failed: dict[int, tuple[str, float]] = {}
 
             def send(index: int, method: str, path: str, body: Any) -> None:
-                results[index] = timed(lambda: requests.request(method, f"{base}{path}", json=body, headers=auth,
-                                                                timeout=TIMEOUT))
+                started = time.monotonic()
+                try:
+                    results[index] = timed(lambda: requests.request(method, f"{base}{path}", json=body, headers=auth,
+                                                                    timeout=TIMEOUT))
+                except requests.RequestException as error:  # for the failure message: it fails `None not in results`
+                    failed[index] = (repr(error), round(time.monotonic() - started, 3))
 
             threads = [threading.Thread(target=send, args=(i, *r)) for i, r in enumerate(requests_)]
             for thread in threads:
                 thread.start()
             server_writing_within(database_url, seconds=4)
-            started = time.monotonic()
-            meanwhile()
-            # With what happened if not: how long `meanwhile` took, and what each answered request was told.
+            reads: list[tuple[str, float]] = []
+            meanwhile(reads)
+            # With what happened if not: each read's time, and what each request that ended was told.
             assert all(thread.is_alive() for thread in threads), (
-                "a write did not wait for the lock", round(time.monotonic() - started, 3),
+                "a write did not wait for the lock", reads, failed,
                 [(r[0].status_code, body_of(r[0]), round(r[1], 3)) for r in results if r is not None],
                 server.log()[-3000:])
             for thread in threads:
                 thread.join(timeout=TIMEOUT + 5)
-            assert None not in results
+            assert None not in results, failed
             for (method, path, _), (response, took) in zip(requests_, results, strict=True):
                 assert (method, path, response.status_code, body_of(response)) == (method, path, 503, UNAVAILABLE)
                 assert took >= 4, (method, path, took)  # it waited for the lock before giving up
                 if took >= ANSWER_WITHIN:
                     slow.append((f"{method} {path}", round(took, 1)))  # checked at the end, after recovery
 
-        def reads_that_write_nothing() -> None:
+        def reads_that_write_nothing(took: list[tuple[str, float]]) -> None:
             # Answered from the last commit while the write above is still waiting for the lock.
-            listing = session.get(f"{base}/api/secrets", headers=auth, timeout=TIMEOUT)
-            assert [item["key"] for item in listing.json()["data"]] == ["LOCKED"]
-            versions = session.get(f"{base}/api/secrets/LOCKED/versions", headers=auth, timeout=TIMEOUT)
-            assert [v["version"] for v in versions.json()["data"]] == [1]
-            assert session.get(f"{base}/healthz", timeout=TIMEOUT).json() == {"status": "ok"}
+            def read(path: str, **headers: str) -> Any:
+                response, seconds = timed(lambda: session.get(f"{base}{path}", headers=headers, timeout=TIMEOUT))
+                took.append((path, round(seconds, 3)))
+                return response.json()
+
+            assert [item["key"] for item in read("/api/secrets", **auth)["data"]] == ["LOCKED"]
+            assert [v["version"] for v in read("/api/secrets/LOCKED/versions", **auth)["data"]] == [1]
+            assert read("/healthz") == {"status": "ok"}
 
         waited_then_refused([("PUT", "/api/secrets/LOCKED", {"value": "v2"})], meanwhile=reads_that_write_nothing)
         waited_then_refused([("POST", "/api/secrets", {"key": "OTHER", "value": "o"}),
