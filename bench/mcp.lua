@@ -18,7 +18,7 @@ wrong = 0  -- global, so that done() can read it from each thread
 function init(args)
   keys = tonumber(args[2])
   headers = {
-    ["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN"),  -- see wrk.lua
+    ["Authorization"] = "Bearer " .. assert(os.getenv("BENCH_TOKEN"), "BENCH_TOKEN is not set"),  -- see wrk.lua
     ["Content-Type"] = "application/json",
     ["Accept"] = "application/json, text/event-stream",
     ["MCP-Protocol-Version"] = args[1],

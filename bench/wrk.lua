@@ -16,7 +16,7 @@ local target, operation, keys, headers
 
 function init(args)
   target, operation, keys = args[1], args[2], tonumber(args[3])
-  local token = os.getenv("BENCH_TOKEN")  -- not an argument: the command line is visible to every user
+  local token = assert(os.getenv("BENCH_TOKEN"), "BENCH_TOKEN is not set")  -- not an argument: ps shows those
   if target == "bao" then
     headers = {["X-Vault-Token"] = token}
   else
