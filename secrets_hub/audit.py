@@ -110,7 +110,7 @@ class GroupCommitWriter:
             self._waiting.append(pending)
             leading = not self._writing
             self._writing = True
-        if not leading and not pending.sleep(WAIT_SECONDS):
+        if not leading and not self._sleep(pending):
             with self._lock:
                 if pending.state == "waiting":
                     self._waiting.remove(pending)
@@ -123,16 +123,34 @@ class GroupCommitWriter:
         if pending.error is not None:
             raise pending.error
 
+    def _sleep(self, pending: _Pending) -> bool:
+        """Wait for `pending`'s event to be committed or for its turn; False after WAIT_SECONDS."""
+        try:
+            return pending.sleep(WAIT_SECONDS)
+        except BaseException:
+            # Interrupted (a KeyboardInterrupt in the main thread): its request fails, and it must not be handed
+            # the turn, or keep it, or nobody would write again.
+            with self._lock:
+                if pending.state in ("waiting", "leading"):
+                    self._waiting.remove(pending)
+                if pending.state == "leading":
+                    self._pass_turn()
+            raise
+
+    def _pass_turn(self) -> None:
+        """To the first request waiting, if any (holding self._lock)."""
+        if self._waiting:
+            self._waiting[0].wake("leading")
+        else:
+            self._writing = False
+
     def _write_until_committed(self, own: _Pending) -> None:
         try:
             while own.state != "done":
                 self._write_batch(own)
         finally:
             with self._lock:
-                if self._waiting:
-                    self._waiting[0].wake("leading")
-                else:
-                    self._writing = False
+                self._pass_turn()
 
     def _write_batch(self, own: _Pending) -> None:
         batch: list[_Pending] = []

@@ -134,6 +134,49 @@ def test_a_request_whose_writer_hangs_gives_up_and_its_event_is_not_written_late
     assert keys_in_log(runtime) == ["AFTER", "STUCK"]
 
 
+def test_a_request_interrupted_while_it_waits_is_never_handed_the_turn(runtime, monkeypatch):
+    """A KeyboardInterrupt in the main thread while its event waits for the next batch: that request fails, and
+    the requests after it are still written, instead of waiting for a turn handed to the interrupted one."""
+    import signal
+
+    store = runtime.store
+    append_audit = store.append_audit
+    taken, release = threading.Event(), threading.Event()
+
+    def first_held_once_taken(take: Callable[[], list[dict[str, Any]]]) -> None:
+        def taken_then_held() -> list[dict[str, Any]]:
+            events = take()
+            if not taken.is_set():
+                taken.set()
+                release.wait(10)
+            return events
+
+        append_audit(taken_then_held)
+
+    def interrupt(_signal: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "append_audit", first_held_once_taken)
+    monkeypatch.setattr(audit, "WAIT_SECONDS", 5)
+    errors: dict[str, BaseException] = {}
+    first = threading.Thread(target=record, args=(runtime, "FIRST", errors))
+    first.start()
+    assert taken.wait(10)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)  # while the next request waits for FIRST's batch to commit
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            record(runtime, "INTERRUPTED", errors)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    release.set()
+    first.join(10)
+    record(runtime, "AFTER", errors)
+    assert errors == {}
+    assert keys_in_log(runtime) == ["AFTER", "FIRST"]
+
+
 def test_a_writer_started_afresh_before_its_batch_is_taken_still_writes_its_own_event_once():
     """What a process forked between taking the turn to write and taking the batch finds: no queue (see
     `secrets_hub.forks`). The request holding the turn still gets its event written, and returns."""
