@@ -74,8 +74,9 @@ def validate_description(description: Any) -> str | None:
 
 
 def is_decimal(text: str) -> bool:
-    """Digits 0 to 9 only. str.isdigit alone also takes "²" and other digits that int() refuses."""
-    return text.isascii() and text.isdigit()
+    """Digits 0 to 9 only, and at most 19 of them (2**63 has 19). str.isdigit alone also takes "²" and other
+    digits that int() refuses, and int() refuses more than 4,300 digits."""
+    return text.isascii() and text.isdigit() and len(text) <= 19
 
 
 def validate_version(version: Any) -> int:

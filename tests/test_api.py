@@ -606,8 +606,8 @@ def test_absent_version_is_404(client, seeded):
     assert response.get_json() == error(404, 'Secret "K" has no version 3')
 
 
-# "²" and "٣" are digits to str.isdigit; int() refuses the first and would take the second.
-@pytest.mark.parametrize("version", ("abc", "0", "-1", "1.5", "", "1e3", "%201", "%C2%B2", "%D9%A3"))
+# "²" and "٣" are digits to str.isdigit; int() refuses the first and would take the second, and refuses 4,301 digits.
+@pytest.mark.parametrize("version", ("abc", "0", "-1", "1.5", "", "1e3", "%201", "%C2%B2", "%D9%A3", "1" * 4301))
 def test_bad_version_query_is_400(client, seeded, version):
     assert_error(client.get(f"/api/secrets/K?version={version}", headers=seeded), 400)
 
@@ -643,6 +643,7 @@ def test_restore_absent_version_is_404(client, seeded):
     ('{"version": "abc"}', None),
     ('{"version": "\u00b2"}', None),
     ('{"version": "\u0663"}', None),
+    ('{"version": "%s"}' % ("1" * 4301), None),
     ('{"version": 0}', None),
     ('{"version": -2}', None),
     ('{"version": 1.5}', None),
@@ -721,7 +722,7 @@ def test_if_match_on_description_only_keeps_version(client, seeded):
 
 
 @pytest.mark.parametrize("if_match", ("abc", 'W/"2"', "0", "-2", "2.0", "*", "", "2, 3", "99999999999999999999",
-                                      "\u00b2", '"\u00b2"', "\u0663"))
+                                      "\u00b2", '"\u00b2"', "\u0663", "1" * 4301))
 def test_garbage_if_match_is_400(client, seeded, if_match):
     response = client.put("/api/secrets/K", json={"value": "x"}, headers={**seeded, "If-Match": if_match})
     assert_error(response, 400)
@@ -867,12 +868,12 @@ def test_audit_filters_by_key_actor_and_limit(client, auth, make_token):
     assert audit_events(client, auth, "?actor=nobody") == []
 
 
-@pytest.mark.parametrize("limit", ("0", "-1", "abc", "1001", "1.5", "", "%C2%B2", "%D9%A3"))
+@pytest.mark.parametrize("limit", ("0", "-1", "abc", "1001", "1.5", "", "%C2%B2", "%D9%A3", "1" * 4301))
 def test_audit_bad_limit_is_400(client, auth, limit):
     assert_error(client.get(f"/api/audit?limit={limit}", headers=auth), 400)
 
 
-@pytest.mark.parametrize("before", ("0", "-1", "abc", "1.5", "", "%C2%B2", "%D9%A3"))
+@pytest.mark.parametrize("before", ("0", "-1", "abc", "1.5", "", "%C2%B2", "%D9%A3", "1" * 4301))
 def test_audit_bad_before_is_400(client, auth, before):
     assert_error(client.get(f"/api/audit?before={before}", headers=auth), 400, "Before must be an event id")
 
