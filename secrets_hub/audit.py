@@ -128,8 +128,9 @@ class GroupCommitWriter:
         try:
             return pending.sleep(WAIT_SECONDS)
         except BaseException:
-            # Interrupted (a KeyboardInterrupt in the main thread): its request fails, and it must not be handed
-            # the turn, or keep it, or nobody would write again.
+            # Interrupted (a KeyboardInterrupt in the main thread) while it waits, where such a thread spends its
+            # time: its request fails, and it leaves the queue, passing on the turn if it was just handed it, or
+            # nobody would write again.
             with self._lock:
                 if pending.state in ("waiting", "leading"):
                     self._waiting.remove(pending)

@@ -3,7 +3,8 @@
 A process forked while its threads held locks or used connections inherits the locks as they were, perhaps
 taken by threads the child does not have, and the connections' sockets and files, shared with its parent. An
 object registered here gets its `_start_afresh()` called in every child forked from this process: it drops
-what it cannot share and makes new locks.
+what it cannot share and makes new locks. The objects are called in no particular order, so each one's
+`_start_afresh` touches only its own state.
 """
 
 from __future__ import annotations

@@ -246,6 +246,7 @@ class _SQLite(_Backend):
     def __init__(self, path: str):
         self.path = path
         self._writer_lock: tuple[int, BinaryIO] | None = None  # (pid, file) of the lock file between processes
+        self._unusable_logged_in: int | None = None  # the process that logged an unusable lock file
 
     def lock_out_other_processes(self, seconds: float) -> None:
         """Take the lock file beside the database for one write, waiting at most `seconds` for it (the caller
@@ -266,10 +267,8 @@ class _SQLite(_Backend):
                     raise DatabaseUnavailableError() from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
-            except OSError as error:  # no lock to be had at all: as for a database that cannot be opened
-                log.warning("SQLite writer lock file cannot be locked (%s): writes are refused",
-                            errno.errorcode.get(error.errno, error.errno))
-                raise DatabaseUnavailableError() from None
+            except OSError as error:  # no lock to be had at all (ENOLCK, say)
+                raise self._unusable(error) from None
 
     def let_other_processes_in(self) -> None:
         # The file lock_out_other_processes locked: close() waits for the writer before closing it.
@@ -289,10 +288,19 @@ class _SQLite(_Backend):
                     os.fchmod(descriptor, database.st_mode & 0o666)
                 if os.geteuid() == 0:
                     os.fchown(descriptor, database.st_uid, database.st_gid)
-            except OSError:
-                raise DatabaseUnavailableError() from None
+            except OSError as error:
+                raise self._unusable(error) from None
             self._writer_lock = (os.getpid(), os.fdopen(descriptor, "rb+", buffering=0))
         return self._writer_lock[1]
+
+    def _unusable(self, error: OSError) -> DatabaseUnavailableError:
+        """A lock file (or database file) that cannot be opened or locked at all: every write is 503, as for a
+        database that cannot be opened; the first time in each process is logged, not every write."""
+        if self._unusable_logged_in != os.getpid():
+            self._unusable_logged_in = os.getpid()
+            log.warning("SQLite writer lock file %s cannot be used (%s): writes are refused",
+                        sqlite_writer_lock_path(self.path), errno.errorcode.get(error.errno, error.errno))
+        return DatabaseUnavailableError()
 
     def close(self) -> None:
         if self._writer_lock is not None:
@@ -462,18 +470,17 @@ class Store:
     def __init__(self, database_url: str):
         self.backend = _backend_for(database_url)
         self._idle: list[Any] = []
-        self._lock = threading.Lock()
-        self._sqlite_writer = threading.Lock()
+        self._start_afresh()
         self._checkpointer = (_Checkpointer(self.backend.path, self._lock_sqlite_writers, self._unlock_sqlite_writers)
                               if isinstance(self.backend, _SQLite) else None)
         forks.start_afresh_in_forked_children(self)
 
     def _start_afresh(self) -> None:
-        """In a forked child (see forks): new locks, and connections of its own. The parent's idle ones are kept
-        from the garbage collector, never used nor closed: SQLite's may not be touched in a child at all
-        (sqlite.org/howtocorrupt.html), and closing a PostgreSQL one would end the parent's session. SQLite keeps
-        its own locks in the process's memory too: a fork in the middle of a SQLite transaction still leaves the
-        child unable to write."""
+        """New locks and no idle connection: at the start, and in a forked child (see forks). A child's inherited
+        connections stay referenced, so that they are neither used nor closed while it runs: SQLite's may not be
+        touched in a child at all (sqlite.org/howtocorrupt.html), and closing a PostgreSQL one would end the
+        parent's session. SQLite also keeps its locks in the process's memory: a child forked in the middle of a
+        SQLite transaction can still not write, and must not finish its parent's write."""
         _inherited_connections.extend(self._idle)
         self._idle = []
         self._lock = threading.Lock()

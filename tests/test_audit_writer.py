@@ -134,12 +134,8 @@ def test_a_request_whose_writer_hangs_gives_up_and_its_event_is_not_written_late
     assert keys_in_log(runtime) == ["AFTER", "STUCK"]
 
 
-def test_a_request_interrupted_while_it_waits_is_never_handed_the_turn(runtime, monkeypatch):
-    """A KeyboardInterrupt in the main thread while its event waits for the next batch: that request fails, and
-    the requests after it are still written, instead of waiting for a turn handed to the interrupted one."""
-    import signal
-
-    store = runtime.store
+def hold_first_batch(store: Any, monkeypatch: Any) -> tuple[threading.Event, threading.Event]:
+    """The first audit batch, once taken, waits for `release` before it is written; `taken` tells it was taken."""
     append_audit = store.append_audit
     taken, release = threading.Event(), threading.Event()
 
@@ -153,10 +149,19 @@ def test_a_request_interrupted_while_it_waits_is_never_handed_the_turn(runtime, 
 
         append_audit(taken_then_held)
 
+    monkeypatch.setattr(store, "append_audit", first_held_once_taken)
+    return taken, release
+
+
+def test_a_request_interrupted_while_it_waits_leaves_the_queue(runtime, monkeypatch):
+    """A KeyboardInterrupt in the main thread while its event waits for the next batch: that request fails, and
+    the requests after it are still written, instead of waiting for a turn handed to the interrupted one."""
+    import signal
+
     def interrupt(_signal: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store, "append_audit", first_held_once_taken)
+    taken, release = hold_first_batch(runtime.store, monkeypatch)
     monkeypatch.setattr(audit, "WAIT_SECONDS", 5)
     errors: dict[str, BaseException] = {}
     first = threading.Thread(target=record, args=(runtime, "FIRST", errors))
@@ -172,6 +177,44 @@ def test_a_request_interrupted_while_it_waits_is_never_handed_the_turn(runtime, 
         signal.signal(signal.SIGALRM, previous)
     release.set()
     first.join(10)
+    record(runtime, "AFTER", errors)
+    assert errors == {}
+    assert keys_in_log(runtime) == ["AFTER", "FIRST"]
+
+
+def test_a_request_interrupted_as_it_is_handed_the_turn_passes_it_on(runtime, monkeypatch):
+    """Interrupted just as the writer before it hands it the turn: it passes the turn on, so that the next
+    request writes instead of waiting for a writer that will never come."""
+    sleep = audit._Pending.sleep
+
+    def interrupted_once_woken(pending: Any, seconds: float) -> bool:
+        woken = sleep(pending, seconds)
+        if pending.row["key"] == "INTERRUPTED":
+            raise KeyboardInterrupt
+        return woken
+
+    taken, release = hold_first_batch(runtime.store, monkeypatch)
+    monkeypatch.setattr(audit._Pending, "sleep", interrupted_once_woken)
+    monkeypatch.setattr(audit, "WAIT_SECONDS", 5)
+    errors: dict[str, BaseException] = {}
+    first = threading.Thread(target=record, args=(runtime, "FIRST", errors))
+    first.start()
+    assert taken.wait(10)
+    interrupted: list[BaseException] = []
+
+    def record_interrupted() -> None:
+        try:
+            record(runtime, "INTERRUPTED", errors)
+        except KeyboardInterrupt as interruption:
+            interrupted.append(interruption)
+
+    waiter = threading.Thread(target=record_interrupted)
+    waiter.start()
+    wait_for(lambda: runtime.audit_writer._waiting)  # queued behind FIRST's batch, so handed the turn next
+    release.set()
+    first.join(10)
+    waiter.join(10)
+    assert len(interrupted) == 1
     record(runtime, "AFTER", errors)
     assert errors == {}
     assert keys_in_log(runtime) == ["AFTER", "FIRST"]
@@ -201,20 +244,20 @@ def test_a_forked_child_writes_its_own_events_even_if_forked_mid_batch(runtime, 
     store = runtime.store
     append_audit = store.append_audit
     forked = threading.Event()
+    report = tmp_path / "child"
 
     def fork_while_writing(take: Callable[[], list[dict[str, Any]]]) -> None:
         if not forked.is_set():
             forked.set()
             child = os.fork()
             if child == 0:  # the child: nobody writes there, yet its own event must not wait for anyone
-                status = 1
-                try:
+                def child_work() -> None:
                     errors: dict[str, BaseException] = {}
                     record(runtime, "CHILD", errors)
-                    status = 0 if not errors else 2
-                finally:
-                    os._exit(status)
-            assert os.waitpid(child, 0)[1] == 0
+                    assert errors == {}
+
+                in_child(report, child_work)
+            assert os.waitpid(child, 0)[1] == 0, report.read_text()
         append_audit(take)
 
     monkeypatch.setattr(store, "append_audit", fork_while_writing)

@@ -792,7 +792,7 @@ def test_sqlite_a_write_reaches_the_database_file_itself_with_no_later_write(bac
 
 def test_sqlite_a_lock_file_that_cannot_be_locked_is_503_and_the_checkpointer_lives_on(backend, database_url, client,
                                                                                       admin_token, tmp_path,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, caplog):
     """flock failing outright (ENOLCK, say), not because another writer holds it: writes are told the database is
     unavailable, and the checkpointer, which failed the same way, copies the next write into the file."""
     if backend != "sqlite":
@@ -802,6 +802,7 @@ def test_sqlite_a_lock_file_that_cannot_be_locked_is_503_and_the_checkpointer_li
     import threading
 
     real_flock, checkpointer_failed = fcntl.flock, threading.Event()
+    path = Path(database_url.removeprefix("sqlite:///"))
 
     def no_locks(descriptor: Any, operation: int) -> None:
         if operation & fcntl.LOCK_EX:
@@ -811,14 +812,18 @@ def test_sqlite_a_lock_file_that_cannot_be_locked_is_503_and_the_checkpointer_li
         real_flock(descriptor, operation)
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    response = client.post("/api/secrets", json={"key": "NO_LOCKS", "value": "v"}, headers=bearer(admin_token))
-    assert (response.status_code, response.get_json()) == (503, {"statusCode": 503, "message": "Database unavailable"})
+    for key in ("NO_LOCKS", "NO_LOCKS_STILL"):
+        response = client.post("/api/secrets", json={"key": key, "value": "v"}, headers=bearer(admin_token))
+        assert (response.status_code, response.get_json()) == (503, {"statusCode": 503, "message": "Database unavailable"})
     assert checkpointer_failed.wait(10), "the write did not wake the checkpointer"
     monkeypatch.setattr(fcntl, "flock", real_flock)
+    # Said once, with the reason, not at every write.
+    said = [record.getMessage() for record in caplog.records if "writer lock file" in record.getMessage()]
+    assert said == [f"SQLite writer lock file {path}-writer.lock cannot be used (ENOLCK): writes are refused"]
 
     assert client.post("/api/secrets", json={"key": "LOCKS_AGAIN", "value": "v"},
                        headers=bearer(admin_token)).status_code == 200
-    path, deadline = Path(database_url.removeprefix("sqlite:///")), time.monotonic() + 10
+    deadline = time.monotonic() + 10
     while not _in_file_alone(path, tmp_path / "file-alone.db", "LOCKS_AGAIN"):
         assert time.monotonic() < deadline, "the checkpointer is gone: the write never reached the database file"
         time.sleep(0.05)
