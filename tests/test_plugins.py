@@ -554,6 +554,47 @@ def test_open_hub_builds_a_working_hub_from_settings(request, config, monkeypatc
                 db.engine.dispose()
 
 
+_FORKED_HUB: Any = None  # what a fork-based pool's workers inherit
+
+
+def _resolved_in_a_worker(text: str) -> str:
+    return _FORKED_HUB.resolve_references(text)
+
+
+def test_postgres_a_fork_based_pool_reads_through_the_hub_while_its_parent_does(request, config, backend):
+    """Workers forked while threads of the parent read through the hub use connections of their own: sharing
+    the parent's garbled both sides (a prepared statement that "already exists", a row without its header)."""
+    if backend != "postgresql":
+        pytest.skip("SQLite cannot be carried across a fork while another thread uses it (see the README)")
+    import multiprocessing
+    import threading
+
+    global _FORKED_HUB
+    app, client, token = start(request)
+    create(client, token, "FORKED", "forked-value")
+    _FORKED_HUB = hub_of(app)
+    stop, failed = threading.Event(), []
+
+    def reading() -> None:
+        while not stop.is_set():
+            if _FORKED_HUB.resolve_references("{{ secrets.FORKED }}") != "forked-value":
+                failed.append("parent")
+
+    readers = [threading.Thread(target=reading) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    try:
+        with multiprocessing.get_context("fork").Pool(4) as pool:
+            resolved = pool.map(_resolved_in_a_worker, ["{{ secrets.FORKED }}"] * 40)
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+        _FORKED_HUB = None
+    assert (resolved, failed) == (["forked-value"] * 40, [])
+    assert hub_of(app).resolve_references("{{ secrets.FORKED }}") == "forked-value"
+
+
 # --------------------------------------------------------------------------- hooks: startup and secret_changed
 
 
