@@ -43,27 +43,34 @@ def record(runtime, key: str, errors: dict[str, BaseException]) -> None:
             errors[key] = error
 
 
-def test_events_arriving_during_a_commit_share_the_next_one(runtime, monkeypatch):
-    writer, store = runtime.audit_writer, runtime.store
-    batches: list[list[str]] = []
-    first_batch_may_commit = threading.Event()
+def hold_first_batch(store: Any, monkeypatch: Any) -> tuple[threading.Event, threading.Event, list[list[str]]]:
+    """Every audit batch's keys go to the list returned; the first batch, once taken, waits for `release` before
+    it is written, and `taken` tells it was taken."""
     append_audit = store.append_audit
+    taken, release, batches = threading.Event(), threading.Event(), []
 
-    def held_first(take: Callable[[], list[dict[str, Any]]]) -> None:
-        def taken() -> list[dict[str, Any]]:
+    def first_held_once_taken(take: Callable[[], list[dict[str, Any]]]) -> None:
+        def taken_then_held() -> list[dict[str, Any]]:
             events = take()
             batches.append([event["key"] for event in events])
-            if len(batches) == 1:
-                first_batch_may_commit.wait(10)
+            if not taken.is_set():
+                taken.set()
+                release.wait(10)
             return events
 
-        append_audit(taken)
+        append_audit(taken_then_held)
 
-    monkeypatch.setattr(store, "append_audit", held_first)
+    monkeypatch.setattr(store, "append_audit", first_held_once_taken)
+    return taken, release, batches
+
+
+def test_events_arriving_during_a_commit_share_the_next_one(runtime, monkeypatch):
+    writer = runtime.audit_writer
+    taken, first_batch_may_commit, batches = hold_first_batch(runtime.store, monkeypatch)
     errors: dict[str, BaseException] = {}
     first = threading.Thread(target=record, args=(runtime, "K00", errors))
     first.start()
-    wait_for(lambda: batches)  # K00 is being written
+    assert taken.wait(10)  # K00 is being written
     others = [threading.Thread(target=record, args=(runtime, f"K{n:02d}", errors)) for n in range(1, 9)]
     for thread in others:
         thread.start()
@@ -134,25 +141,6 @@ def test_a_request_whose_writer_hangs_gives_up_and_its_event_is_not_written_late
     assert keys_in_log(runtime) == ["AFTER", "STUCK"]
 
 
-def hold_first_batch(store: Any, monkeypatch: Any) -> tuple[threading.Event, threading.Event]:
-    """The first audit batch, once taken, waits for `release` before it is written; `taken` tells it was taken."""
-    append_audit = store.append_audit
-    taken, release = threading.Event(), threading.Event()
-
-    def first_held_once_taken(take: Callable[[], list[dict[str, Any]]]) -> None:
-        def taken_then_held() -> list[dict[str, Any]]:
-            events = take()
-            if not taken.is_set():
-                taken.set()
-                release.wait(10)
-            return events
-
-        append_audit(taken_then_held)
-
-    monkeypatch.setattr(store, "append_audit", first_held_once_taken)
-    return taken, release
-
-
 def test_a_request_interrupted_while_it_waits_leaves_the_queue(runtime, monkeypatch):
     """A KeyboardInterrupt in the main thread while its event waits for the next batch: that request fails, and
     the requests after it are still written, instead of waiting for a turn handed to the interrupted one."""
@@ -161,7 +149,7 @@ def test_a_request_interrupted_while_it_waits_leaves_the_queue(runtime, monkeypa
     def interrupt(_signal: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    taken, release = hold_first_batch(runtime.store, monkeypatch)
+    taken, release, _ = hold_first_batch(runtime.store, monkeypatch)
     monkeypatch.setattr(audit, "WAIT_SECONDS", 5)
     errors: dict[str, BaseException] = {}
     first = threading.Thread(target=record, args=(runtime, "FIRST", errors))
@@ -193,7 +181,7 @@ def test_a_request_interrupted_as_it_is_handed_the_turn_passes_it_on(runtime, mo
             raise KeyboardInterrupt
         return woken
 
-    taken, release = hold_first_batch(runtime.store, monkeypatch)
+    taken, release, _ = hold_first_batch(runtime.store, monkeypatch)
     monkeypatch.setattr(audit._Pending, "sleep", interrupted_once_woken)
     monkeypatch.setattr(audit, "WAIT_SECONDS", 5)
     errors: dict[str, BaseException] = {}

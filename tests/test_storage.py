@@ -783,11 +783,7 @@ def test_sqlite_a_write_reaches_the_database_file_itself_with_no_later_write(bac
     path = Path(database_url.removeprefix("sqlite:///"))
     assert client.post("/api/secrets", json={"key": "CHECKPOINTED", "value": "v"},
                        headers=bearer(admin_token)).status_code == 200
-    copy = tmp_path / "file-alone.db"  # the database file without its -wal file
-    deadline = time.monotonic() + 10
-    while not _in_file_alone(path, copy, "CHECKPOINTED"):
-        assert time.monotonic() < deadline, "the write never reached the database file"
-        time.sleep(0.05)
+    _wait_until_in_file_alone(path, tmp_path / "file-alone.db", "CHECKPOINTED", "the write never reached the database file")
 
 
 def test_sqlite_a_lock_file_that_cannot_be_locked_is_503_and_the_checkpointer_lives_on(backend, database_url, client,
@@ -823,9 +819,15 @@ def test_sqlite_a_lock_file_that_cannot_be_locked_is_503_and_the_checkpointer_li
 
     assert client.post("/api/secrets", json={"key": "LOCKS_AGAIN", "value": "v"},
                        headers=bearer(admin_token)).status_code == 200
+    _wait_until_in_file_alone(path, tmp_path / "file-alone.db", "LOCKS_AGAIN",
+                              "the checkpointer is gone: the write never reached the database file")
+
+
+def _wait_until_in_file_alone(path: Path, copy: Path, key: str, never: str) -> None:
+    """Wait up to 10 s for the database file alone (without its -wal file, copied to `copy`) to hold `key`."""
     deadline = time.monotonic() + 10
-    while not _in_file_alone(path, tmp_path / "file-alone.db", "LOCKS_AGAIN"):
-        assert time.monotonic() < deadline, "the checkpointer is gone: the write never reached the database file"
+    while not _in_file_alone(path, copy, key):
+        assert time.monotonic() < deadline, never
         time.sleep(0.05)
 
 
