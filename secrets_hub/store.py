@@ -298,8 +298,8 @@ class _SQLite(_Backend):
         database that cannot be opened; the first time in each process is logged, not every write."""
         if self._unusable_logged_in != os.getpid():
             self._unusable_logged_in = os.getpid()
-            log.warning("SQLite writer lock file %s cannot be used (%s): writes are refused",
-                        sqlite_writer_lock_path(self.path), errno.errorcode.get(error.errno, error.errno))
+            log.warning("SQLite database %s: writes are refused (%s on it or its writer lock file)",
+                        self.path, errno.errorcode.get(error.errno, error.errno))
         return DatabaseUnavailableError()
 
     def close(self) -> None:

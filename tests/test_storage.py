@@ -815,7 +815,7 @@ def test_sqlite_a_lock_file_that_cannot_be_locked_is_503_and_the_checkpointer_li
     monkeypatch.setattr(fcntl, "flock", real_flock)
     # Said once, with the reason, not at every write.
     said = [record.getMessage() for record in caplog.records if "writer lock file" in record.getMessage()]
-    assert said == [f"SQLite writer lock file {path}-writer.lock cannot be used (ENOLCK): writes are refused"]
+    assert said == [f"SQLite database {path}: writes are refused (ENOLCK on it or its writer lock file)"]
 
     assert client.post("/api/secrets", json={"key": "LOCKS_AGAIN", "value": "v"},
                        headers=bearer(admin_token)).status_code == 200
