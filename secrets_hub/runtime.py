@@ -7,6 +7,7 @@ out of its start-up time; it activates its runtime with `activated`.
 
 from __future__ import annotations
 
+import concurrent.futures
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -39,8 +40,12 @@ def build_runtime(settings: Settings) -> Runtime:
     """Keys, store and plugins for `settings`; refuses a master secret that does not open the database."""
     if not settings.master_key:
         raise ConfigError("No master key is configured: run `secrets-hub init`, or set SECRETS_HUB_MASTER_KEY")
-    keyring = Keyring.from_master(settings.master_key, settings.old_master_keys)
-    store = Store(settings.database_url)
+    # scrypt (about 70 ms) lets go of the GIL: the keys are derived while the store loads its driver (psycopg
+    # alone takes about 120 ms to import), which `secrets-hub get` on PostgreSQL spends once per run.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="derive-keys") as pool:
+        deriving = pool.submit(Keyring.from_master, settings.master_key, settings.old_master_keys)
+        store = Store(settings.database_url)
+        keyring = deriving.result()
     try:
         bootstrap.check_master_key(store, keyring)
     finally:
