@@ -51,6 +51,8 @@ _inherited_connections: list[Any] = []
 POSTGRESQL_CONNECT_ARGS = {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 5,
                            "keepalives_count": 3, "tcp_user_timeout": 10000}
 SQLITE_BUSY_SECONDS = 5.0
+# Statements a PostgreSQL connection keeps prepared (see _PostgreSQL.execute); any others are sent unprepared.
+MAX_PREPARED = 100
 CHECKPOINT_PAUSE = 0.1  # seconds; the WAL grows by what is written meanwhile (see _Checkpointer)
 NOT_INITIALISED = "The database is not initialised: run `secrets-hub init` first"
 
@@ -126,6 +128,10 @@ class _Backend:
 
     def begin(self, connection: Any) -> None:
         connection.execute("BEGIN")
+
+    def execute(self, connection: Any, statement: str, params: Sequence[Any]) -> list[tuple]:
+        """Run one statement (with ? placeholders); its rows."""
+        return connection.execute(statement, params).fetchall()
 
     def in_transaction(self, connection: Any) -> bool:
         return connection.in_transaction
@@ -378,8 +384,42 @@ class _PostgreSQL(_Backend):
 
     def connect(self) -> Any:
         # Autocommit: a read is one round trip with no transaction to end; writes open theirs (`begin`).
-        # Repeated statements are prepared by psycopg after a few runs, so the server plans them once.
-        return _reusing_cursor(self.psycopg).connect(autocommit=True, context=self.adapters, **self.params)
+        # Statements sent through psycopg's cursor (transactions, an update) are prepared by psycopg after a few
+        # runs, and those sent through `execute` at once, so that the server plans each once.
+        connection = _reusing_cursor(self.psycopg).connect(autocommit=True, context=self.adapters, **self.params)
+        connection.prepared = {}  # statement -> its name, for `execute`
+        connection.transformer = self.psycopg.adapt.Transformer(connection)
+        return connection
+
+    def execute(self, connection: Any, statement: str, params: Sequence[Any]) -> list[tuple]:
+        """Run one statement as a prepared statement, in a single blocking libpq call, with psycopg's own
+        adapters for the parameters and the rows.
+
+        psycopg's cursor waits for the server in several steps, each letting go of the GIL; with a worker's
+        threads all reading, each step was a hand-off between threads (51 futex calls per read). libpq's call
+        lets go of it once. Reads served about a fifth more per second this way (alternating 8 s runs on the AMD
+        VM: 2,710-3,350 req/s against 2,330-2,530)."""
+        pgconn, transformer = connection.pgconn, connection.transformer
+        values = transformer.dump_sequence(params, [self.psycopg.adapt.PyFormat.TEXT] * len(params))
+        name = connection.prepared.get(statement)
+        if name is None and len(connection.prepared) < MAX_PREPARED:
+            name = f"secrets_hub_{len(connection.prepared)}".encode()
+            self._check(connection, pgconn.prepare(name, _numbered(statement).encode()))
+            connection.prepared[statement] = name
+        result = (pgconn.exec_prepared(name, values) if name is not None
+                  else pgconn.exec_params(_numbered(statement).encode(), values))
+        self._check(connection, result)
+        transformer.set_pgresult(result)
+        return transformer.load_rows(0, result.ntuples, tuple)
+
+    def _check(self, connection: Any, result: Any) -> None:
+        """psycopg's exception for a statement that failed, as its cursor would raise it."""
+        pq = self.psycopg.pq
+        if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+            return
+        if connection.pgconn.status == pq.ConnStatus.BAD:  # the connection died: no SQLSTATE to go by
+            raise self.psycopg.OperationalError(result.error_message.decode(errors="replace").strip())
+        raise self.psycopg.errors.error_from_result(result, encoding=connection.info.encoding)
 
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
@@ -417,6 +457,12 @@ def _reusing_cursor(psycopg: Any) -> type:
             return self._cursor.execute(query, params, prepare=prepare)
 
     return Connection
+
+
+def _numbered(statement: str) -> str:
+    """`?` placeholders as PostgreSQL's own $1, $2...: our statements hold no other question marks."""
+    parts = statement.split("?")
+    return "".join(f"{part}${number}" for number, part in enumerate(parts[:-1], 1)) + parts[-1]
 
 
 def _backend_for(database_url: str) -> _Backend:
@@ -596,13 +642,8 @@ class Store:
         return None
 
     def _fetch(self, statement: str, params: Sequence[Any] = (), one: bool = False) -> Any:
-        statement = self.backend.sql(statement)
-
-        def work(connection: Any) -> Any:
-            cursor = connection.execute(statement, params)
-            return cursor.fetchone() if one else cursor.fetchall()
-
-        return self._run(work)
+        rows = self._run(lambda connection: self.backend.execute(connection, statement, params))
+        return (rows[0] if rows else None) if one else rows
 
     @contextlib.contextmanager
     def _one_writer(self) -> Iterator[float | None]:
@@ -813,7 +854,7 @@ class Store:
         locks), so that a batch takes in the events that arrived while it waited for them."""
         with self._one_writer() as busy_seconds:
             statement, params = self.audit_insert(events())
-            self._run(lambda connection: connection.execute(self.backend.sql(statement), params), "statement",
+            self._run(lambda connection: self.backend.execute(connection, statement, params), "statement",
                       busy_seconds=busy_seconds)
 
     def audit_events(self, key: str | None, actor: str | None, limit: int, before: int | None) -> list[dict[str, Any]]:

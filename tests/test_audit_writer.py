@@ -16,6 +16,7 @@ from secrets_hub import audit
 from secrets_hub.auth import operator
 from secrets_hub.errors import DatabaseUnavailableError
 from secrets_hub.runtime import activated
+from secrets_hub.store import MAX_PREPARED
 
 
 def wait_for(condition, seconds: float = 10) -> None:
@@ -206,6 +207,22 @@ def test_a_request_interrupted_as_it_is_handed_the_turn_passes_it_on(runtime, mo
     record(runtime, "AFTER", errors)
     assert errors == {}
     assert keys_in_log(runtime) == ["AFTER", "FIRST"]
+
+
+def test_batches_of_more_sizes_than_a_connection_keeps_prepared_are_all_written(runtime):
+    """Each batch size is a statement of its own, and a PostgreSQL connection keeps at most MAX_PREPARED
+    statements prepared, sending the others unprepared: batches of every size from one to past that limit, on
+    one connection, are all written and read back."""
+    sizes = range(1, MAX_PREPARED + 6)
+    for size in sizes:
+        events = [audit.event(operator("tester"), "probe", f"B{size:03d}-{n:03d}", "ok") for n in range(size)]
+        runtime.store.append_audit(lambda events=events: events)
+    logged, before = [], None
+    with activated(runtime):
+        while page := audit.list_events(limit=1000, before=before):
+            logged += [event["key"] for event in page if event["action"] == "probe"]
+            before = page[-1]["id"]
+    assert sorted(logged) == sorted(f"B{size:03d}-{n:03d}" for size in sizes for n in range(size))
 
 
 def test_a_writer_started_afresh_before_its_batch_is_taken_still_writes_its_own_event_once():
