@@ -22,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import logging
 import operator
 import os
@@ -53,6 +54,7 @@ POSTGRESQL_CONNECT_ARGS = {"connect_timeout": 3, "keepalives": 1, "keepalives_id
 SQLITE_BUSY_SECONDS = 5.0
 # Statements a PostgreSQL connection keeps prepared (see _PostgreSQL.execute); any others are sent unprepared.
 MAX_PREPARED = 100
+_statement_numbers = itertools.count()
 CHECKPOINT_PAUSE = 0.1  # seconds; the WAL grows by what is written meanwhile (see _Checkpointer)
 NOT_INITIALISED = "The database is not initialised: run `secrets-hub init` first"
 
@@ -385,15 +387,15 @@ class _PostgreSQL(_Backend):
     def connect(self) -> Any:
         # Autocommit: a read is one round trip with no transaction to end; writes open theirs (`begin`).
         # Statements sent through psycopg's cursor (transactions, an update) are prepared by psycopg after a few
-        # runs, and those sent through `execute` at once, so that the server plans each once.
+        # runs, and those sent through `execute` at once, so that the server parses each once.
         connection = _reusing_cursor(self.psycopg).connect(autocommit=True, context=self.adapters, **self.params)
-        connection.prepared = {}  # statement -> its name, for `execute`
+        connection.prepared = {}  # (statement, parameter types) -> its name, for `execute`
         connection.transformer = self.psycopg.adapt.Transformer(connection)
         return connection
 
     def execute(self, connection: Any, statement: str, params: Sequence[Any]) -> list[tuple]:
-        """Run one statement as a prepared statement, in a single blocking libpq call, with psycopg's own
-        adapters for the parameters and the rows.
+        """Run one statement in a single blocking libpq call, prepared (up to MAX_PREPARED per connection), with
+        psycopg's own adapters for the parameters (and their types, as its cursor sends them) and the rows.
 
         psycopg's cursor waits for the server in several steps, each letting go of the GIL; with a worker's
         threads all reading, each step was a hand-off between threads (51 futex calls per read). libpq's call
@@ -401,16 +403,29 @@ class _PostgreSQL(_Backend):
         VM: 2,710-3,350 req/s against 2,330-2,530)."""
         pgconn, transformer = connection.pgconn, connection.transformer
         values = transformer.dump_sequence(params, [self.psycopg.adapt.PyFormat.TEXT] * len(params))
-        name = connection.prepared.get(statement)
-        if name is None and len(connection.prepared) < MAX_PREPARED:
-            name = f"secrets_hub_{len(connection.prepared)}".encode()
-            self._check(connection, pgconn.prepare(name, _numbered(statement).encode()))
-            connection.prepared[statement] = name
-        result = (pgconn.exec_prepared(name, values) if name is not None
-                  else pgconn.exec_params(_numbered(statement).encode(), values))
+        # An int's type follows its size (int2 to numeric): one statement per set of types, as psycopg does.
+        prepared = (statement, tuple(transformer.types))
+        if prepared in connection.prepared or len(connection.prepared) < MAX_PREPARED:
+            result = pgconn.exec_prepared(self._prepared(connection, prepared), values)
+            if result.error_field(self.psycopg.pq.DiagnosticField.SQLSTATE) == b"26000":
+                # Deallocated since: psycopg sends DEALLOCATE ALL after a ROLLBACK (of a refused write) once it
+                # has prepared statements of its own on the connection. Nothing ran, so prepare it again.
+                connection.prepared.clear()
+                result = pgconn.exec_prepared(self._prepared(connection, prepared), values)
+        else:
+            result = pgconn.exec_params(_numbered(statement).encode(), values, prepared[1])
         self._check(connection, result)
         transformer.set_pgresult(result)
         return transformer.load_rows(0, result.ntuples, tuple)
+
+    def _prepared(self, connection: Any, prepared: tuple[str, tuple[int, ...]]) -> bytes:
+        """The name of `prepared` (a statement and its parameters' types) on `connection`, prepared if need be."""
+        name = connection.prepared.get(prepared)
+        if name is None:
+            name = f"secrets_hub_{next(_statement_numbers)}".encode()  # never one the connection had before
+            self._check(connection, connection.pgconn.prepare(name, _numbered(prepared[0]).encode(), prepared[1]))
+            connection.prepared[prepared] = name
+        return name
 
     def _check(self, connection: Any, result: Any) -> None:
         """psycopg's exception for a statement that failed, as its cursor would raise it."""

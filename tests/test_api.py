@@ -173,6 +173,20 @@ def test_unknown_key_is_404(client, auth, method, path, body):
     assert response.status_code == 404
 
 
+def test_reads_after_a_refused_write_answer(client, auth):
+    """On PostgreSQL a refused write ends in a ROLLBACK, after which psycopg drops every prepared statement of the
+    connection (DEALLOCATE ALL) once it has prepared some of its own: the reads and audit batches that run as
+    prepared statements there still answer."""
+    for n in range(6):  # enough transactions for psycopg to prepare their BEGIN, INSERTs and COMMIT
+        assert client.post("/api/secrets", json={"key": f"K{n}", "value": f"v{n}"}, headers=auth).status_code == 200
+        assert client.get(f"/api/secrets/K{n}", headers=auth).status_code == 200
+    assert client.post("/api/secrets", json={"key": "K0", "value": "again"}, headers=auth).status_code == 409
+    response = client.get("/api/secrets/K0", headers=auth)
+    assert (response.status_code, response.get_json()) == (200, {"data": {"key": "K0", "value": "v0"}})
+    assert [(e["action"], e["outcome"]) for e in audit_events(client, auth, "?key=K0")] == [
+        ("read", "ok"), ("create", "conflict"), ("read", "ok"), ("create", "ok")]
+
+
 def test_duplicate_key_is_409_and_keeps_the_first(client, auth):
     create(client, auth, "GITHUB_TOKEN", "first")
     response = client.post("/api/secrets", json={"key": "GITHUB_TOKEN", "value": "second"}, headers=auth)

@@ -422,6 +422,13 @@ def test_set_never_takes_the_value_from_the_command_line(cli):
 # --------------------------------------------------------------------------- get
 
 
+@both_backends
+def test_get_of_a_version_past_32_bits_is_not_found(cli):
+    """PostgreSQL compares such a number as the bigint it is, as SQLite does: not a refused int4."""
+    put(cli, "BIG_VERSION", "v1")
+    fails(cli("get", "BIG_VERSION", "--version", "3000000000", input=""), 'Secret "BIG_VERSION" has no version 3000000000')
+
+
 def test_get_prints_the_value_alone_and_older_versions(cli):
     put(cli, "DB_PASSWORD", "v1\n")
     put(cli, "DB_PASSWORD", "v2 with\nnewline\n")
