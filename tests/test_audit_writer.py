@@ -211,8 +211,8 @@ def test_a_request_interrupted_as_it_is_handed_the_turn_passes_it_on(runtime, mo
 
 def test_batches_of_more_sizes_than_a_connection_keeps_prepared_are_all_written(runtime):
     """Each batch size is a statement of its own, and a PostgreSQL connection keeps at most MAX_PREPARED
-    statements prepared, sending the others unprepared: batches of every size from one to past that limit, on
-    one connection, are all written and read back."""
+    statements prepared, of at most MAX_PREPARED_PARAMETERS parameters, sending the others unprepared: batches
+    of every size from one to past that limit, on one connection, are all written and read back."""
     sizes = range(1, MAX_PREPARED + 6)
     for size in sizes:
         events = [audit.event(operator("tester"), "probe", f"B{size:03d}-{n:03d}", "ok") for n in range(size)]
