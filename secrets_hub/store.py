@@ -390,15 +390,18 @@ class _PostgreSQL(_Backend):
     def connect(self) -> Any:
         # Autocommit: a read is one round trip with no transaction to end; writes open theirs (`begin`).
         # Statements sent through psycopg's cursor (transactions, an update) are prepared by psycopg after a few
-        # runs, and those sent through `execute` at once, so that the server parses each once.
+        # runs, and those sent through `execute` at their first (within MAX_PREPARED and MAX_PREPARED_PARAMETERS),
+        # so that the server parses each once.
         connection = _reusing_cursor(self.psycopg).connect(autocommit=True, context=self.adapters, **self.params)
         connection.prepared = {}  # (statement, parameter types) -> its name, for `execute`
         connection.transformer = self.psycopg.adapt.Transformer(connection)
         return connection
 
     def execute(self, connection: Any, statement: str, params: Sequence[Any]) -> list[tuple]:
-        """Run one statement in a single blocking libpq call, prepared (up to MAX_PREPARED per connection), with
-        psycopg's own adapters for the parameters (and their types, as its cursor sends them) and the rows.
+        """Run one statement in a blocking libpq call (after one that prepares it, at its first run on the
+        connection), with psycopg's own adapters for the parameters (and their types, as its cursor sends them)
+        and the rows. Past MAX_PREPARED statements on the connection, or MAX_PREPARED_PARAMETERS parameters, it
+        is sent unprepared.
 
         psycopg's cursor waits for the server in several steps, each letting go of the GIL; with a worker's
         threads all reading, each step was a hand-off between threads (51 futex calls per read). libpq's call
@@ -412,8 +415,9 @@ class _PostgreSQL(_Backend):
                                                and len(params) <= MAX_PREPARED_PARAMETERS):
             result = pgconn.exec_prepared(self._prepared(connection, prepared), values)
             if result.error_field(self.psycopg.pq.DiagnosticField.SQLSTATE) == b"26000":
-                # Deallocated since: psycopg sends DEALLOCATE ALL after a ROLLBACK (of a refused write) once it
-                # has prepared statements of its own on the connection. Nothing ran, so prepare it again.
+                # Deallocated since: psycopg sends DEALLOCATE ALL after the first ROLLBACK (Store._run's, of a
+                # refused or failed write) once it has prepared statements of its own on the connection. Nothing
+                # ran (the name is checked before), so prepare it again.
                 connection.prepared.clear()
                 result = pgconn.exec_prepared(self._prepared(connection, prepared), values)
         else:
