@@ -36,6 +36,13 @@ def keys_in_log(runtime) -> list[str]:
         return sorted(event["key"] for event in audit.list_events(limit=1000) if event["action"] == "probe")
 
 
+def keys_in_log_after_one_more_event(runtime, errors: dict[str, BaseException]) -> list[str]:
+    """Record one more event, AFTER, which must be written with no error so far; then the log's probe keys."""
+    record(runtime, "AFTER", errors)
+    assert errors == {}
+    return keys_in_log(runtime)
+
+
 def record(runtime, key: str, errors: dict[str, BaseException]) -> None:
     with activated(runtime):
         try:
@@ -137,9 +144,7 @@ def test_a_request_whose_writer_hangs_gives_up_and_its_event_is_not_written_late
     assert isinstance(errors.pop("GAVE_UP"), DatabaseUnavailableError)
     release.set()
     stuck.join(10)
-    record(runtime, "AFTER", errors)
-    assert errors == {}
-    assert keys_in_log(runtime) == ["AFTER", "STUCK"]
+    assert keys_in_log_after_one_more_event(runtime, errors) == ["AFTER", "STUCK"]
 
 
 def test_a_request_interrupted_while_it_waits_leaves_the_queue(runtime, monkeypatch):
@@ -166,9 +171,7 @@ def test_a_request_interrupted_while_it_waits_leaves_the_queue(runtime, monkeypa
         signal.signal(signal.SIGALRM, previous)
     release.set()
     first.join(10)
-    record(runtime, "AFTER", errors)
-    assert errors == {}
-    assert keys_in_log(runtime) == ["AFTER", "FIRST"]
+    assert keys_in_log_after_one_more_event(runtime, errors) == ["AFTER", "FIRST"]
 
 
 def test_a_request_interrupted_as_it_is_handed_the_turn_passes_it_on(runtime, monkeypatch):
@@ -204,9 +207,7 @@ def test_a_request_interrupted_as_it_is_handed_the_turn_passes_it_on(runtime, mo
     first.join(10)
     waiter.join(10)
     assert len(interrupted) == 1
-    record(runtime, "AFTER", errors)
-    assert errors == {}
-    assert keys_in_log(runtime) == ["AFTER", "FIRST"]
+    assert keys_in_log_after_one_more_event(runtime, errors) == ["AFTER", "FIRST"]
 
 
 def test_batches_of_every_size_are_written_and_only_small_ones_stay_prepared(backend, runtime):
@@ -400,6 +401,4 @@ def test_sqlite_when_the_writer_lock_never_comes_those_waiting_fail_and_the_next
     assert sorted(errors) == ["K00", "K01", "K02"]
     assert all(isinstance(error, DatabaseUnavailableError) for error in errors.values())
     errors.clear()
-    record(runtime, "AFTER", errors)
-    assert errors == {}
-    assert keys_in_log(runtime) == ["AFTER"]
+    assert keys_in_log_after_one_more_event(runtime, errors) == ["AFTER"]
