@@ -3,22 +3,31 @@
 Two ways in. An event about a change is added to the change's own transaction (the store's
 `Transaction.audit` for secrets, `record` for users and tokens), so the two commit or vanish
 together. An event that stands alone, above all a read of a value, goes through the process's
-`GroupCommitWriter` (`record_now`): whichever request finds nobody writing writes everything waiting
-in a single statement, while requests that arrive meanwhile wait for the next such batch; each request
-waits until its own event is committed before it answers. Nothing is acknowledged unaudited, so
+`GroupCommitWriter` (`record_now`, `read_now`): whichever request finds nobody writing writes everything
+waiting in a single statement, while requests that arrive meanwhile wait for the next such batch; each
+request waits until its own event is committed before it answers. Nothing is acknowledged unaudited, so
 nothing is lost; and readers share one commit instead of queueing for the write lock (SQLite) or an
 fsync (PostgreSQL) one by one.
+
+A read of a current value (`read_now`) on PostgreSQL is done by the writer too, for the whole batch at
+once: one statement reads every value the batch asks for, each is decrypted, and each event's outcome says
+what its request found (ok, not_found, integrity_failed) before the batch is committed. Each statement is a
+round trip there, so a read costs a share of two statements instead of one of its own plus a share of the
+commit: audited reads served a third to a half more per second (alternating 8 s runs on an AMD EPYC VM:
+4,440-7,080 req/s against 3,050-5,310). On SQLite, where a read is a local call, each request reads for
+itself before it queues its event, as the writer would otherwise do it while holding the writer locks.
 """
 
 from __future__ import annotations
 
 import _thread
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from secrets_hub import forks
-from secrets_hub.errors import DatabaseUnavailableError
-from secrets_hub.store import Store, utcnow
+from secrets_hub.errors import DatabaseUnavailableError, DecryptionError
+from secrets_hub.store import Store, Stored, utcnow
 
 if TYPE_CHECKING:
     from secrets_hub.auth import Caller
@@ -62,14 +71,26 @@ def record_now(caller: "Caller", action: str, key: str | None, outcome: str) -> 
     runtime().audit_writer.write(event(caller, action, key, outcome))
 
 
+def read_now(caller: "Caller", key: str, open_value: Callable[[Stored], str]) -> tuple[Stored, str | None] | None:
+    """Read the current value of `key` and commit the read's event (see the module docstring); returns once the
+    event is in the database. None when no secret has `key` (outcome not_found); (its row, None) when
+    `open_value` (the decryption, run by the batch's writer) raised DecryptionError (integrity_failed); else
+    (its row, the value) (ok)."""
+    from secrets_hub.runtime import runtime
+
+    return runtime().audit_writer.write(event(caller, "read", key, "ok"), (key, open_value))
+
+
 class _Pending:
     """One event on its way in, and the lock its request sleeps on until the event is committed (or it is
     its turn to write). A bare lock: a threading.Event costs several times more, twice per read."""
 
-    __slots__ = ("row", "state", "error", "_wake")
+    __slots__ = ("row", "read", "found", "state", "error", "_wake")
 
-    def __init__(self, row: dict[str, Any]):
+    def __init__(self, row: dict[str, Any], read: tuple[str, Callable[[Stored], str]] | None):
         self.row = row
+        self.read = read  # (key, open_value) of a read_now
+        self.found: tuple[Stored, str | None] | None = None  # what the read found, as read_now returns it
         self.state = "waiting"  # then "writing" (taken into a batch), "leading" (its turn to write) or "done"
         self.error: BaseException | None = None
         self._wake = _thread.allocate_lock()
@@ -104,8 +125,11 @@ class GroupCommitWriter:
         self._waiting: list[_Pending] = []
         self._writing = False
 
-    def write(self, row: dict[str, Any]) -> None:
-        pending = _Pending(row)
+    def write(self, row: dict[str, Any], read: tuple[str, Callable[[Stored], str]] | None = None) -> Any:
+        """Commit `row`; with `read` (key, open_value), first read the key's value for it (see read_now)."""
+        pending = _Pending(row, read)
+        if read is not None and not self._store.backend.reads_in_batches:
+            self._read([pending])
         with self._lock:
             self._waiting.append(pending)
             leading = not self._writing
@@ -122,6 +146,7 @@ class GroupCommitWriter:
             self._write_until_committed(pending)
         if pending.error is not None:
             raise pending.error
+        return pending.found
 
     def _sleep(self, pending: _Pending) -> bool:
         """Wait for `pending`'s event to be committed or for its turn; False after WAIT_SECONDS."""
@@ -156,7 +181,7 @@ class GroupCommitWriter:
     def _write_batch(self, own: _Pending) -> None:
         batch: list[_Pending] = []
 
-        def take() -> list[dict[str, Any]]:
+        def collect() -> None:
             with self._lock:
                 batch.extend(self._waiting[:MAX_BATCH])
                 del self._waiting[:MAX_BATCH]
@@ -164,6 +189,10 @@ class GroupCommitWriter:
                     batch.append(own)
                 for pending in batch:
                     pending.state = "writing"
+
+        def take() -> list[dict[str, Any]]:
+            collect()
+            self._read(batch)
             return [pending.row for pending in batch]
 
         error: BaseException | None = None
@@ -176,13 +205,33 @@ class GroupCommitWriter:
         except BaseException as failure:  # noqa: BLE001 - every request of the batch fails with it
             error = failure
             if not batch:  # the database failed before the batch was taken: it fails those waiting now alike
-                take()
+                collect()
         for pending in batch:
             if pending is own:
                 own.state, own.error = "done", error
             else:  # an interruption of this thread (not an Exception) is not theirs to raise
                 pending.wake("done", error if error is None or isinstance(error, Exception)
                              else DatabaseUnavailableError())
+
+    def _read(self, batch: list[_Pending]) -> None:
+        """The reads of `batch` not yet done, in one statement; each event's outcome then says what its request
+        found."""
+        reads = [pending for pending in batch if pending.read is not None]
+        if not reads:
+            return
+        found = self._store.current_values([pending.read[0] for pending in reads])
+        for pending in reads:
+            key, open_value = pending.read
+            pending.read = None  # read: not again, should the batch be taken once more
+            stored = found.get(key)
+            if stored is None:
+                pending.row["outcome"] = "not_found"
+                continue
+            try:
+                pending.found = (stored, open_value(stored))
+            except DecryptionError:
+                pending.row["outcome"] = "integrity_failed"
+                pending.found = (stored, None)
 
 
 def list_events(key: str | None = None, actor: str | None = None, limit: int = 100,

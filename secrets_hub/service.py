@@ -8,6 +8,7 @@ lock and SQLite's write lock order them.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
@@ -41,13 +42,23 @@ def _seal(key: str, value: str) -> Sealed:
     return runtime().keyring.encrypt(value, key)
 
 
+def _integrity_failed(key: str) -> IntegrityCheckError:
+    return IntegrityCheckError(f'Secret "{key}" failed its integrity check')
+
+
+def _decrypter(key: str) -> Callable[[Any], str]:
+    """Decrypt a stored row of `key`; DecryptionError when its check fails."""
+    keyring = runtime().keyring
+    return lambda row: keyring.decrypt(row.encrypted_value, row.iv, row.key_id, key)
+
+
 def open_value(caller: Caller, action: str, key: str, row: Any) -> str:
     """Decrypt a stored row of `key`; a failed check is audited and reported as the SPEC words it."""
     try:
-        return runtime().keyring.decrypt(row.encrypted_value, row.iv, row.key_id, key)
+        return _decrypter(key)(row)
     except DecryptionError:
         audit.record_now(caller, action, key, "integrity_failed")
-        raise IntegrityCheckError(f'Secret "{key}" failed its integrity check') from None
+        raise _integrity_failed(key) from None
 
 
 def list_secrets(caller: Caller) -> list[dict[str, Any]]:
@@ -59,11 +70,20 @@ def list_secrets(caller: Caller) -> list[dict[str, Any]]:
 def read_secret(caller: Caller, key: str, version: int | None = None) -> dict[str, Any]:
     """Decrypt the current value, or version `version`; every read is audited."""
     _authorize_lookup(caller, READ, "read", key)
+    if version is None:
+        # Read by the audit writer with the other reads of its batch (see audit.read_now).
+        found = audit.read_now(caller, key, _decrypter(key))
+        if found is None:
+            raise _not_found(key)
+        row, value = found
+        if value is None:
+            raise _integrity_failed(key)
+        return {"key": key, "value": value, "version": row.version}
     store = runtime().store
-    row = store.current(key) if version is None else store.version(key, version)
+    row = store.version(key, version)
     if row is None:
         audit.record_now(caller, "read", key, "not_found")
-        if version is not None and store.exists(key):
+        if store.exists(key):
             raise NotFoundError(f'Secret "{key}" has no version {version}')
         raise _not_found(key)
     value = open_value(caller, "read", key, row)

@@ -1,6 +1,6 @@
 """The group commit of stand-alone audit events (reads, refusals): every event committed before its request
-answers, events that arrive while a batch is written share the next commit, a failure reaches every request
-of its batch and no other, and the turn to write passes on."""
+answers, events that arrive while a batch is written share the next commit, reads get what they found, a
+failure reaches every request of its batch and no other, and the turn to write passes on."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from conftest import hold_sqlite_writer_lock
 
-from secrets_hub import audit
+from secrets_hub import audit, service
 from secrets_hub.auth import operator
-from secrets_hub.errors import DatabaseUnavailableError
+from secrets_hub.errors import DatabaseUnavailableError, IntegrityCheckError, NotFoundError
 from secrets_hub.runtime import activated
 from secrets_hub.store import AUDIT_COLUMNS, MAX_PREPARED_PARAMETERS
 
@@ -208,6 +208,85 @@ def test_a_request_interrupted_as_it_is_handed_the_turn_passes_it_on(runtime, mo
     waiter.join(10)
     assert len(interrupted) == 1
     assert keys_in_log_after_one_more_event(runtime, errors) == ["AFTER", "FIRST"]
+
+
+def read(runtime, key: str, results: dict[str, Any]) -> None:
+    """Read `key`'s value as the operator; its value, or the error, goes to `results`."""
+    with activated(runtime):
+        try:
+            results[key] = service.read_secret(operator("tester"), key)["value"]
+        except Exception as error:  # noqa: BLE001 - collected for the test's assertions
+            results[key] = error
+
+
+def test_reads_waiting_for_one_batch_each_get_what_they_found_and_its_outcome(backend, runtime, monkeypatch):
+    """Reads queued behind a batch share the next one. On PostgreSQL the writer reads all their values in one
+    statement first; on SQLite each read its own before it queued. Either way each answer, and each event's
+    outcome, is what its key holds: a value (ok), no secret (not_found), or a value that fails its check
+    (integrity_failed)."""
+    with activated(runtime):
+        for key in ("GOOD", "ALSO_GOOD", "BAD"):
+            service.create_secret(operator("tester"), key, f"value of {key}")
+    # BAD gets GOOD's ciphertext, which is bound to the key GOOD: it no longer decrypts as BAD.
+    runtime.store.write(lambda tx: tx.execute(
+        "UPDATE secrets SET encrypted_value = (SELECT encrypted_value FROM secrets WHERE key = 'GOOD'), "
+        "iv = (SELECT iv FROM secrets WHERE key = 'GOOD') WHERE key = 'BAD'"))
+    reads: list[list[str]] = []
+    current_values = runtime.store.current_values
+    monkeypatch.setattr(runtime.store, "current_values", lambda keys: reads.append(sorted(keys)) or current_values(keys))
+    taken, first_batch_may_commit, batches = hold_first_batch(runtime.store, monkeypatch)
+    errors: dict[str, BaseException] = {}
+    first = threading.Thread(target=record, args=(runtime, "FIRST", errors))
+    first.start()
+    assert taken.wait(10)
+    results: dict[str, Any] = {}
+    keys = ("GOOD", "ALSO_GOOD", "MISSING", "BAD")
+    readers = [threading.Thread(target=read, args=(runtime, key, results)) for key in keys]
+    for thread in readers:
+        thread.start()
+    wait_for(lambda: len(runtime.audit_writer._waiting) == len(keys))
+    assert results == {}  # nobody answered before their events are committed
+    first_batch_may_commit.set()
+    for thread in (first, *readers):
+        thread.join(10)
+    assert errors == {}
+    assert sorted(batches[1]) == sorted(keys) and len(batches) == 2
+    if backend == "postgresql":
+        assert reads == [sorted(keys)]
+    else:
+        assert sorted(reads) == sorted([key] for key in keys)
+    assert results.pop("GOOD") == "value of GOOD" and results.pop("ALSO_GOOD") == "value of ALSO_GOOD"
+    assert isinstance(results["MISSING"], NotFoundError)
+    assert str(results.pop("MISSING")) == 'Secret with key "MISSING" not found'
+    assert isinstance(results["BAD"], IntegrityCheckError)
+    assert str(results.pop("BAD")) == 'Secret "BAD" failed its integrity check'
+    with activated(runtime):
+        outcomes = {event["key"]: event["outcome"] for event in audit.list_events(limit=1000)
+                    if event["action"] == "read"}
+    assert outcomes == {"GOOD": "ok", "ALSO_GOOD": "ok", "MISSING": "not_found", "BAD": "integrity_failed"}
+
+
+def test_a_read_whose_event_fails_to_commit_gets_no_value(runtime, monkeypatch):
+    with activated(runtime):
+        service.create_secret(operator("tester"), "KEY", "the value")
+    store = runtime.store
+    append_audit = store.append_audit
+    failures: list[int] = []
+
+    def failing_once(take: Callable[[], list[dict[str, Any]]]) -> None:
+        if failures:
+            return append_audit(take)
+        failures.append(len(take()))  # the batch, read, is taken; then its commit fails
+        raise DatabaseUnavailableError()
+
+    monkeypatch.setattr(store, "append_audit", failing_once)
+    results: dict[str, Any] = {}
+    read(runtime, "KEY", results)
+    assert failures == [1] and isinstance(results.pop("KEY"), DatabaseUnavailableError)
+    with activated(runtime):
+        assert [event["action"] for event in audit.list_events(key="KEY")] == ["create"]
+    read(runtime, "KEY", results)
+    assert results == {"KEY": "the value"}
 
 
 def test_batches_of_every_size_are_written_and_only_small_ones_stay_prepared(backend, runtime):
