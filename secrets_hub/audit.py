@@ -72,10 +72,10 @@ def record_now(caller: "Caller", action: str, key: str | None, outcome: str) -> 
 
 
 def read_now(caller: "Caller", key: str, open_value: Callable[[Stored], str]) -> tuple[Stored, str | None] | None:
-    """Read the current value of `key` and commit the read's event (see the module docstring); returns once the
-    event is in the database. None when no secret has `key` (outcome not_found); (its row, None) when
-    `open_value` (the decryption, run by the batch's writer) raised DecryptionError (integrity_failed); else
-    (its row, the value) (ok)."""
+    """Read the current value of `key` (a valid key: any failure of the read fails the whole batch) and commit
+    the read's event (see the module docstring); returns once the event is in the database. None when no
+    secret has `key` (outcome not_found); (its row, None) when `open_value` (the decryption, run by the batch's
+    writer) raised DecryptionError (integrity_failed); else (its row, the value) (ok)."""
     from secrets_hub.runtime import runtime
 
     return runtime().audit_writer.write(event(caller, "read", key, "ok"), (key, open_value))
@@ -100,7 +100,10 @@ class _Pending:
         return self._wake.acquire(timeout=seconds)
 
     def wake(self, state: str, error: BaseException | None = None) -> None:
-        self.state, self.error = state, error
+        # The error first: a request whose wait has just run out may read the state at any moment, and must
+        # not find "done" with the error still unset (a value read for a batch that failed to commit).
+        self.error = error
+        self.state = state
         self._wake.release()
 
 
@@ -108,9 +111,10 @@ class GroupCommitWriter:
     """Group commit with no thread of its own (see the module docstring).
 
     The request that finds nobody writing writes: its own event, and every event that arrived meanwhile,
-    in one statement. Requests that arrive while a batch is being written wait; when it is committed, the
-    writer wakes those whose events it wrote and hands the turn to the first of the others. An audited
-    read with nobody else writing therefore costs no thread switch; under load, events share commits.
+    in one INSERT (on PostgreSQL after one SELECT for the batch's reads). Requests that arrive while a batch
+    is being written wait; when it is committed, the writer wakes those whose events it wrote and hands the
+    turn to the first of the others. An audited read with nobody else writing therefore costs no thread
+    switch; under load, events share commits.
     """
 
     def __init__(self, store: Store):
@@ -125,7 +129,8 @@ class GroupCommitWriter:
         self._waiting: list[_Pending] = []
         self._writing = False
 
-    def write(self, row: dict[str, Any], read: tuple[str, Callable[[Stored], str]] | None = None) -> Any:
+    def write(self, row: dict[str, Any], read: tuple[str, Callable[[Stored], str]] | None = None
+              ) -> tuple[Stored, str | None] | None:
         """Commit `row`; with `read` (key, open_value), first read the key's value for it (see read_now)."""
         pending = _Pending(row, read)
         if read is not None and not self._store.backend.reads_in_batches:
@@ -222,7 +227,7 @@ class GroupCommitWriter:
         found = self._store.current_values([pending.read[0] for pending in reads])
         for pending in reads:
             key, open_value = pending.read
-            pending.read = None  # read: not again, should the batch be taken once more
+            pending.read = None  # done (on SQLite before it queued: the batch's _read then skips it)
             stored = found.get(key)
             if stored is None:
                 pending.row["outcome"] = "not_found"

@@ -78,16 +78,16 @@ def read_secret(caller: Caller, key: str, version: int | None = None) -> dict[st
         row, value = found
         if value is None:
             raise _integrity_failed(key)
-        return {"key": key, "value": value, "version": row.version}
-    store = runtime().store
-    row = store.version(key, version)
-    if row is None:
-        audit.record_now(caller, "read", key, "not_found")
-        if store.exists(key):
-            raise NotFoundError(f'Secret "{key}" has no version {version}')
-        raise _not_found(key)
-    value = open_value(caller, "read", key, row)
-    audit.record_now(caller, "read", key, "ok")
+    else:
+        store = runtime().store
+        row = store.version(key, version)
+        if row is None:
+            audit.record_now(caller, "read", key, "not_found")
+            if store.exists(key):
+                raise NotFoundError(f'Secret "{key}" has no version {version}')
+            raise _not_found(key)
+        value = open_value(caller, "read", key, row)
+        audit.record_now(caller, "read", key, "ok")
     return {"key": key, "value": value, "version": row.version}
 
 

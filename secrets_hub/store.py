@@ -96,6 +96,16 @@ def _insert(table: str, columns: tuple[str, ...], rows: int = 1) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"  # noqa: S608
 
 
+@functools.lru_cache(maxsize=1024)  # as _insert's
+def _in_list(count: int) -> str:
+    return f"IN ({', '.join('?' for _ in range(count))})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _select_current(any_of: str) -> str:
+    return f"SELECT key, encrypted_value, iv, key_id, current_version FROM secrets WHERE key {any_of}"  # noqa: S608
+
+
 _AUDIT_VALUES = operator.itemgetter(*AUDIT_COLUMNS[1:])  # an event's values after its time, in column order
 _PRUNE_VERSIONS = "DELETE FROM secret_versions WHERE secret_id = ? AND version <= ?"
 
@@ -143,7 +153,7 @@ class _Backend:
 
     def any_of(self, values: list[Any]) -> tuple[str, list[Any]]:
         """A condition that a column is one of `values` (not empty), and its parameters."""
-        return f"IN ({', '.join('?' for _ in values)})", values
+        return _in_list(len(values)), values
 
     def in_transaction(self, connection: Any) -> bool:
         return connection.in_transaction
@@ -802,13 +812,11 @@ class Store:
         return {"id": row[0], "key": row[1], "description": row[2], "created_at": time_out(row[3]),
                 "updated_at": time_out(row[4])}
 
-    def current_values(self, keys: Sequence[str]) -> dict[str, Stored]:
+    def current_values(self, keys: list[str]) -> dict[str, Stored]:
         """The current ciphertext of each of `keys` that has a secret, in one statement (the audit writer reads
         those of a batch of reads at once)."""
-        any_of, params = self.backend.any_of(list(dict.fromkeys(keys)))
-        rows = self._fetch(f"SELECT key, encrypted_value, iv, key_id, current_version FROM secrets WHERE key {any_of}",  # noqa: S608
-                           params)
-        return {row[0]: Stored(row[1:]) for row in rows}
+        any_of, params = self.backend.any_of(keys)
+        return {row[0]: Stored(row[1:]) for row in self._fetch(_select_current(any_of), params)}
 
     def version(self, key: str, version: int) -> Stored | None:
         row = self._fetch(

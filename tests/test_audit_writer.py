@@ -266,6 +266,56 @@ def test_reads_waiting_for_one_batch_each_get_what_they_found_and_its_outcome(ba
     assert outcomes == {"GOOD": "ok", "ALSO_GOOD": "ok", "MISSING": "not_found", "BAD": "integrity_failed"}
 
 
+def test_a_read_is_answered_only_once_its_event_is_committed(runtime, monkeypatch):
+    """Its value is in hand once its batch is taken (on PostgreSQL the batch's writer read it); the answer
+    still waits for the commit."""
+    with activated(runtime):
+        service.create_secret(operator("tester"), "KEY", "the value")
+    taken, may_commit, _ = hold_first_batch(runtime.store, monkeypatch)
+    results: dict[str, Any] = {}
+    reader = threading.Thread(target=read, args=(runtime, "KEY", results))
+    reader.start()
+    assert taken.wait(10)
+    assert [event["action"] for event in runtime.store.audit_events("KEY", None, 10, None)] == ["create"]
+    assert results == {}
+    may_commit.set()
+    reader.join(10)
+    assert results == {"KEY": "the value"}
+    assert [event["action"] for event in runtime.store.audit_events("KEY", None, 10, None)] == ["read", "create"]
+
+
+def test_reads_whose_values_cannot_be_read_all_fail_unanswered_and_unaudited(backend, runtime, monkeypatch):
+    """On PostgreSQL the batch's one read fails every read queued in it; on SQLite each read's own does."""
+    with activated(runtime):
+        for key in ("A", "B", "C"):
+            service.create_secret(operator("tester"), key, f"value of {key}")
+
+    def unavailable(keys: Any) -> Any:
+        raise DatabaseUnavailableError()
+
+    monkeypatch.setattr(runtime.store, "current_values", unavailable)
+    taken, first_batch_may_commit, _ = hold_first_batch(runtime.store, monkeypatch)
+    errors: dict[str, BaseException] = {}
+    first = threading.Thread(target=record, args=(runtime, "FIRST", errors))
+    first.start()
+    assert taken.wait(10)
+    results: dict[str, Any] = {}
+    readers = [threading.Thread(target=read, args=(runtime, key, results)) for key in ("A", "B", "C")]
+    for thread in readers:
+        thread.start()
+    if backend == "postgresql":
+        wait_for(lambda: len(runtime.audit_writer._waiting) == 3)
+    first_batch_may_commit.set()
+    for thread in (first, *readers):
+        thread.join(10)
+    assert errors == {}
+    assert sorted(results) == ["A", "B", "C"]
+    assert all(isinstance(error, DatabaseUnavailableError) for error in results.values())
+    with activated(runtime):
+        assert [event["action"] for event in audit.list_events(limit=1000) if event["action"] == "read"] == []
+    assert keys_in_log_after_one_more_event(runtime, errors) == ["AFTER", "FIRST"]
+
+
 def test_a_read_whose_event_fails_to_commit_gets_no_value(runtime, monkeypatch):
     with activated(runtime):
         service.create_secret(operator("tester"), "KEY", "the value")
