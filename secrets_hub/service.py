@@ -61,6 +61,18 @@ def open_value(caller: Caller, action: str, key: str, row: Any) -> str:
         raise _integrity_failed(key) from None
 
 
+def _stored_version(caller: Caller, action: str, key: str, version: int) -> Stored:
+    """Version `version` of `key`; a missing one is audited and reported as the SPEC words it."""
+    store = runtime().store
+    row = store.version(key, version)
+    if row is None:
+        audit.record_now(caller, action, key, "not_found")
+        if store.exists(key):
+            raise NotFoundError(f'Secret "{key}" has no version {version}')
+        raise _not_found(key)
+    return row
+
+
 def list_secrets(caller: Caller) -> list[dict[str, Any]]:
     """Metadata of every secret the caller may read, sorted by key; never a value."""
     authorize(caller, READ, "list")
@@ -79,13 +91,7 @@ def read_secret(caller: Caller, key: str, version: int | None = None) -> dict[st
         if value is None:
             raise _integrity_failed(key)
     else:
-        store = runtime().store
-        row = store.version(key, version)
-        if row is None:
-            audit.record_now(caller, "read", key, "not_found")
-            if store.exists(key):
-                raise NotFoundError(f'Secret "{key}" has no version {version}')
-            raise _not_found(key)
+        row = _stored_version(caller, "read", key, version)
         value = open_value(caller, "read", key, row)
         audit.record_now(caller, "read", key, "ok")
     return {"key": key, "value": value, "version": row.version}
@@ -229,13 +235,7 @@ def list_versions(caller: Caller, key: str) -> list[dict[str, Any]]:
 def restore_version(caller: Caller, key: str, version: int) -> dict[str, Any]:
     """Make an older version's value the newest version."""
     _authorize_lookup(caller, WRITE, "restore", key)
-    store = runtime().store
-    row = store.version(key, version)
-    if row is None:
-        audit.record_now(caller, "restore", key, "not_found")
-        if store.exists(key):
-            raise NotFoundError(f'Secret "{key}" has no version {version}')
-        raise _not_found(key)
+    row = _stored_version(caller, "restore", key, version)
     return update_secret(caller, key, value=open_value(caller, "restore", key, row), action="restore")
 
 

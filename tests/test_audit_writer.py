@@ -219,6 +219,17 @@ def read(runtime, key: str, results: dict[str, Any]) -> None:
             results[key] = error
 
 
+def first_batch_held(runtime, monkeypatch, errors: dict[str, BaseException]) -> tuple[threading.Thread, threading.Event,
+                                                                                   list[list[str]]]:
+    """A thread recording FIRST, whose batch is taken and held until the event returned is set: requests that
+    come meanwhile queue for the next batch. Every batch's keys go to the list returned."""
+    taken, release, batches = hold_first_batch(runtime.store, monkeypatch)
+    first = threading.Thread(target=record, args=(runtime, "FIRST", errors))
+    first.start()
+    assert taken.wait(10)
+    return first, release, batches
+
+
 def test_reads_waiting_for_one_batch_each_get_what_they_found_and_its_outcome(backend, runtime, monkeypatch):
     """Reads queued behind a batch share the next one. On PostgreSQL the writer reads all their values in one
     statement first; on SQLite each read its own before it queued. Either way each answer, and each event's
@@ -234,11 +245,8 @@ def test_reads_waiting_for_one_batch_each_get_what_they_found_and_its_outcome(ba
     reads: list[list[str]] = []
     current_values = runtime.store.current_values
     monkeypatch.setattr(runtime.store, "current_values", lambda keys: reads.append(sorted(keys)) or current_values(keys))
-    taken, first_batch_may_commit, batches = hold_first_batch(runtime.store, monkeypatch)
     errors: dict[str, BaseException] = {}
-    first = threading.Thread(target=record, args=(runtime, "FIRST", errors))
-    first.start()
-    assert taken.wait(10)
+    first, first_batch_may_commit, batches = first_batch_held(runtime, monkeypatch, errors)
     results: dict[str, Any] = {}
     keys = ("GOOD", "ALSO_GOOD", "MISSING", "BAD")
     readers = [threading.Thread(target=read, args=(runtime, key, results)) for key in keys]
@@ -294,11 +302,8 @@ def test_reads_whose_values_cannot_be_read_all_fail_unanswered_and_unaudited(bac
         raise DatabaseUnavailableError()
 
     monkeypatch.setattr(runtime.store, "current_values", unavailable)
-    taken, first_batch_may_commit, _ = hold_first_batch(runtime.store, monkeypatch)
     errors: dict[str, BaseException] = {}
-    first = threading.Thread(target=record, args=(runtime, "FIRST", errors))
-    first.start()
-    assert taken.wait(10)
+    first, first_batch_may_commit, _ = first_batch_held(runtime, monkeypatch, errors)
     results: dict[str, Any] = {}
     readers = [threading.Thread(target=read, args=(runtime, key, results)) for key in ("A", "B", "C")]
     for thread in readers:
