@@ -530,11 +530,30 @@ def test_settings_normalize_a_postgres_url(tmp_path):
     assert settings.backend == "postgresql"
 
 
-def test_postgres_scheme_works_end_to_end(backend, config, run_cli):
+def _unix_socket_form(url: str) -> str:
+    """`url` (a local server over TCP) as the same database over the server's Unix socket, in the form the
+    README gives; skips where there is no such socket."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    socket_dir = "/var/run/postgresql"
+    if params.get("host") not in ("127.0.0.1", "localhost") or not os.path.exists(
+            f"{socket_dir}/.s.PGSQL.{params.get('port', 5432)}"):
+        pytest.skip(f"no local PostgreSQL socket in {socket_dir} for {params.get('host')}")
+    return f"postgresql://{params['user']}@/{params['dbname']}?host={socket_dir}&port={params.get('port', 5432)}"
+
+
+@pytest.mark.parametrize("form", ["postgres://", "unix socket"])
+def test_postgres_url_forms_work_end_to_end(backend, config, run_cli, form):
+    """`postgres://...`, and a local server's Unix socket (`postgresql://user@/db?host=/var/run/postgresql`),
+    through the app (SQLAlchemy), the REST API's store and the command line."""
     if backend != "postgresql":
-        pytest.skip("the postgres:// form only concerns PostgreSQL")
+        pytest.skip("PostgreSQL URLs only concern PostgreSQL")
     assert config["DATABASE_URL"].startswith("postgresql://")
-    short_form = "postgres://" + config["DATABASE_URL"][len("postgresql://"):]
+    if form == "postgres://":
+        short_form = "postgres://" + config["DATABASE_URL"][len("postgresql://"):]
+    else:
+        short_form = _unix_socket_form(config["DATABASE_URL"])
     settings = {**config, "DATABASE_URL": short_form}
 
     bootstrap.initialize(settings)
