@@ -140,6 +140,7 @@ class GroupCommitWriter:
             leading = not self._writing
             self._writing = True
         if not leading and not self._sleep(pending):
+            # "done" is set outside the lock, after the error (see _Pending.wake).
             with self._lock:
                 if pending.state == "waiting":
                     self._waiting.remove(pending)

@@ -275,20 +275,32 @@ def test_reads_waiting_for_one_batch_each_get_what_they_found_and_its_outcome(ba
 
 
 def test_a_read_is_answered_only_once_its_event_is_committed(runtime, monkeypatch):
-    """Its value is in hand once its batch is taken (on PostgreSQL the batch's writer read it); the answer
-    still waits for the commit."""
+    """A read queued behind another batch, in a batch led by another request: its value is read once that
+    batch is taken (on SQLite before it queued), and its answer still waits for the commit."""
     with activated(runtime):
         service.create_secret(operator("tester"), "KEY", "the value")
-    taken, may_commit, _ = hold_first_batch(runtime.store, monkeypatch)
+    reads: list[list[str]] = []
+    current_values = runtime.store.current_values
+    monkeypatch.setattr(runtime.store, "current_values", lambda keys: reads.append(list(keys)) or current_values(keys))
+    errors: dict[str, BaseException] = {}
+    first, first_batch_may_commit, _ = first_batch_held(runtime, monkeypatch, errors)
+    second_taken, second_batch_may_commit, _ = hold_first_batch(runtime.store, monkeypatch)  # the next batch
     results: dict[str, Any] = {}
     reader = threading.Thread(target=read, args=(runtime, "KEY", results))
     reader.start()
-    assert taken.wait(10)
+    wait_for(lambda: len(runtime.audit_writer._waiting) == 1)
+    prober = threading.Thread(target=record, args=(runtime, "PROBE", errors))  # queued after the reader
+    prober.start()
+    wait_for(lambda: len(runtime.audit_writer._waiting) == 2)
+    first_batch_may_commit.set()
+    assert second_taken.wait(10)  # the reader's batch, led by the reader, with PROBE in it
+    assert reads == [["KEY"]]
     assert [event["action"] for event in runtime.store.audit_events("KEY", None, 10, None)] == ["create"]
     assert results == {}
-    may_commit.set()
-    reader.join(10)
-    assert results == {"KEY": "the value"}
+    second_batch_may_commit.set()
+    for thread in (first, reader, prober):
+        thread.join(10)
+    assert errors == {} and results == {"KEY": "the value"}
     assert [event["action"] for event in runtime.store.audit_events("KEY", None, 10, None)] == ["read", "create"]
 
 

@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -532,15 +533,22 @@ def test_settings_normalize_a_postgres_url(tmp_path):
 
 def _unix_socket_form(url: str) -> str:
     """`url` (a local server over TCP) as the same database over the server's Unix socket, in the form the
-    README gives; skips where there is no such socket."""
+    README gives; skips where there is no such socket, or where it refuses the login."""
+    import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
     params = conninfo_to_dict(url)
-    socket_dir = "/var/run/postgresql"
-    if params.get("host") not in ("127.0.0.1", "localhost") or not os.path.exists(
-            f"{socket_dir}/.s.PGSQL.{params.get('port', 5432)}"):
+    socket_dir, port = "/var/run/postgresql", params.get("port", 5432)
+    if params.get("host") not in ("127.0.0.1", "localhost") or not os.path.exists(f"{socket_dir}/.s.PGSQL.{port}"):
         pytest.skip(f"no local PostgreSQL socket in {socket_dir} for {params.get('host')}")
-    return f"postgresql://{params['user']}@/{params['dbname']}?host={socket_dir}&port={params.get('port', 5432)}"
+    user = urllib.parse.quote(params.get("user", ""), safe="")
+    password = f":{urllib.parse.quote(params['password'], safe='')}" if params.get("password") else ""
+    socket_url = f"postgresql://{user}{password}@/{params['dbname']}?host={socket_dir}&port={port}"
+    try:  # the socket may take other logins than TCP (peer authentication, say)
+        psycopg.connect(socket_url, connect_timeout=3).close()
+    except psycopg.OperationalError as error:
+        pytest.skip(f"PostgreSQL's socket in {socket_dir} refuses this login: {type(error).__name__}")
+    return socket_url
 
 
 @pytest.mark.parametrize("form", ["postgres://", "unix socket"])
