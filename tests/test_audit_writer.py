@@ -219,6 +219,14 @@ def read(runtime, key: str, results: dict[str, Any]) -> None:
             results[key] = error
 
 
+def recorded_reads(runtime, monkeypatch) -> list[list[str]]:
+    """The keys of each statement reading current values from now on, sorted, go to the list returned."""
+    reads: list[list[str]] = []
+    current_values = runtime.store.current_values
+    monkeypatch.setattr(runtime.store, "current_values", lambda keys: reads.append(sorted(keys)) or current_values(keys))
+    return reads
+
+
 def first_batch_held(runtime, monkeypatch, errors: dict[str, BaseException]) -> tuple[threading.Thread, threading.Event,
                                                                                    list[list[str]]]:
     """A thread recording FIRST, whose batch is taken and held until the event returned is set: requests that
@@ -242,9 +250,7 @@ def test_reads_waiting_for_one_batch_each_get_what_they_found_and_its_outcome(ba
     runtime.store.write(lambda tx: tx.execute(
         "UPDATE secrets SET encrypted_value = (SELECT encrypted_value FROM secrets WHERE key = 'GOOD'), "
         "iv = (SELECT iv FROM secrets WHERE key = 'GOOD') WHERE key = 'BAD'"))
-    reads: list[list[str]] = []
-    current_values = runtime.store.current_values
-    monkeypatch.setattr(runtime.store, "current_values", lambda keys: reads.append(sorted(keys)) or current_values(keys))
+    reads = recorded_reads(runtime, monkeypatch)
     errors: dict[str, BaseException] = {}
     first, first_batch_may_commit, batches = first_batch_held(runtime, monkeypatch, errors)
     results: dict[str, Any] = {}
@@ -279,9 +285,7 @@ def test_a_read_is_answered_only_once_its_event_is_committed(runtime, monkeypatc
     batch is taken (on SQLite before it queued), and its answer still waits for the commit."""
     with activated(runtime):
         service.create_secret(operator("tester"), "KEY", "the value")
-    reads: list[list[str]] = []
-    current_values = runtime.store.current_values
-    monkeypatch.setattr(runtime.store, "current_values", lambda keys: reads.append(list(keys)) or current_values(keys))
+    reads = recorded_reads(runtime, monkeypatch)
     errors: dict[str, BaseException] = {}
     first, first_batch_may_commit, _ = first_batch_held(runtime, monkeypatch, errors)
     second_taken, second_batch_may_commit, _ = hold_first_batch(runtime.store, monkeypatch)  # the next batch

@@ -559,10 +559,10 @@ def test_postgres_url_forms_work_end_to_end(backend, config, run_cli, form):
         pytest.skip("PostgreSQL URLs only concern PostgreSQL")
     assert config["DATABASE_URL"].startswith("postgresql://")
     if form == "postgres://":
-        short_form = "postgres://" + config["DATABASE_URL"][len("postgresql://"):]
+        url = "postgres://" + config["DATABASE_URL"][len("postgresql://"):]
     else:
-        short_form = _unix_socket_form(config["DATABASE_URL"])
-    settings = {**config, "DATABASE_URL": short_form}
+        url = _unix_socket_form(config["DATABASE_URL"])
+    settings = {**config, "DATABASE_URL": url}
 
     bootstrap.initialize(settings)
     app = create_app(settings)
@@ -587,7 +587,7 @@ def test_postgres_url_forms_work_end_to_end(backend, config, run_cli, form):
             db.session.remove()
             db.engine.dispose()
 
-    got = run_cli("get", "PG_SHORT", env={"DATABASE_URL": short_form})
+    got = run_cli("get", "PG_SHORT", env={"DATABASE_URL": url})
     assert got.returncode == 0, got.stderr
     assert got.stdout == "via-postgres-scheme\n"
 
