@@ -16,16 +16,21 @@ round trip there, so a read costs a share of two statements instead of one of it
 commit: audited reads served a third to a half more per second (alternating 8 s runs on an AMD EPYC VM:
 4,440-7,080 req/s against 3,050-5,310). On SQLite, where a read is a local call, each request reads for
 itself before it queues its event, as the writer would otherwise do it while holding the writer locks.
+
+Requests served on an event loop (`serve` on SQLite: see event_loop) wait for their batch on a future of the
+loop instead of a lock, and the request whose turn it is to write first lets the loop run once, so that the
+requests that arrived with it queue their events and share its commit.
 """
 
 from __future__ import annotations
 
 import _thread
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from secrets_hub import forks
+from secrets_hub import event_loop, forks
 from secrets_hub.errors import DatabaseUnavailableError, DecryptionError
 from secrets_hub.store import Store, Stored, utcnow
 
@@ -82,10 +87,11 @@ def read_now(caller: "Caller", key: str, open_value: Callable[[Stored], str]) ->
 
 
 class _Pending:
-    """One event on its way in, and the lock its request sleeps on until the event is committed (or it is
-    its turn to write). A bare lock: a threading.Event costs several times more, twice per read."""
+    """One event on its way in, and what its request sleeps on until the event is committed (or it is its turn
+    to write): a bare lock, as a threading.Event costs several times more, twice per read; on the event loop
+    (see event_loop), a future of the loop."""
 
-    __slots__ = ("row", "read", "found", "state", "error", "_wake")
+    __slots__ = ("row", "read", "found", "state", "error", "_wake", "_loop", "_loop_thread")
 
     def __init__(self, row: dict[str, Any], read: tuple[str, Callable[[Stored], str]] | None):
         self.row = row
@@ -93,18 +99,38 @@ class _Pending:
         self.found: tuple[Stored, str | None] | None = None  # what the read found, as read_now returns it
         self.state = "waiting"  # then "writing" (taken into a batch), "leading" (its turn to write) or "done"
         self.error: BaseException | None = None
-        self._wake = _thread.allocate_lock()
-        self._wake.acquire()
+        if event_loop.on_loop():
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+            self._wake: Any = self._loop.create_future()
+        else:
+            self._loop = None
+            self._wake = _thread.allocate_lock()
+            self._wake.acquire()
 
     def sleep(self, seconds: float) -> bool:
-        return self._wake.acquire(timeout=seconds)
+        if self._loop is None:
+            return self._wake.acquire(timeout=seconds)
+        # No time limit on the loop: a writer stuck in the database there holds the loop, and this request with
+        # it, until SQLite's busy timeout ends its statement; one waiting for the writer locks gives up as soon.
+        event_loop.wait_for(self._wake)
+        return True
 
     def wake(self, state: str, error: BaseException | None = None) -> None:
         # The error first: a request whose wait has just run out may read the state at any moment, and must
         # not find "done" with the error still unset (a value read for a batch that failed to commit).
         self.error = error
         self.state = state
-        self._wake.release()
+        if self._loop is None:
+            self._wake.release()
+        elif threading.get_ident() == self._loop_thread:
+            self._resolve()
+        else:  # written by a thread beside the loop (a plugin's, say)
+            self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self._wake.done():  # not if its wait ran out
+            self._wake.set_result(None)
 
 
 class GroupCommitWriter:
@@ -178,6 +204,9 @@ class GroupCommitWriter:
 
     def _write_until_committed(self, own: _Pending) -> None:
         try:
+            if event_loop.on_loop():
+                # Let the requests that arrived with this one queue their events first, to share its commit.
+                event_loop.sleep(0)
             while own.state != "done":
                 self._write_batch(own)
         finally:

@@ -121,12 +121,13 @@ def init() -> None:
 def serve(host: str, port: int, workers: int | None) -> None:
     """Run the web app (UI and REST API) with the granian production server; runs `init` first."""
     from secrets_hub.bootstrap import initialize
-    from secrets_hub.server import BLOCKING_THREADS, DEFAULT_WORKERS, serve_wsgi
+    from secrets_hub.server import DEFAULT_WORKERS, SERVE, serve_app
 
     workers = workers or DEFAULT_WORKERS
     settings = initialize()
     _note(f"secrets-hub on http://{host}:{port} ({settings.backend}, {workers} worker(s))")
-    serve_wsgi("secrets_hub.app:create_app", host, port, workers, BLOCKING_THREADS[settings.backend], factory=True)
+    target, interface, threads = SERVE[settings.backend]
+    serve_app(target, host, port, workers, interface, threads, factory=True)
 
 
 @cli.group()

@@ -1,4 +1,4 @@
-"""The production WSGI server and the settings `secrets-hub serve` runs it with.
+"""The production server and the settings `secrets-hub serve` runs it with.
 
 One place, so that the benchmark's constant-JSON floor runs under exactly the same server settings.
 """
@@ -12,27 +12,34 @@ import os
 # them exact across workers.
 DEFAULT_WORKERS = os.cpu_count() or 1
 
-# Threads per worker running the app. granian's WSGI default is backlog / workers / 2 (256 with 2 workers):
-# under load that many threads fight over the GIL, and on SQLite over its one write lock (every read writes
-# an audit event). A few threads still overlap the waits: on SQLite the audit commit; on PostgreSQL the
-# network round trips and the commit's fsync, which take longer, so more threads keep the cores busy and the
-# audit batches fuller. bench/run.py, 2 workers, wrk -c16, reads: SQLite 4 threads ~3,300 req/s, 8 ~3,150;
-# PostgreSQL 4 ~1,400, 8 ~2,000.
-BLOCKING_THREADS = {"sqlite": 4, "postgresql": 8}
+# How each backend is served: (the app's factory, the interface, threads per worker).
+# On SQLite every request runs on one event loop per worker (web/asgi.py and event_loop.py say why):
+# bench/run.py, 2 workers, wrk -c16, audited reads about 1.5x what 4 threads per worker served.
+# On PostgreSQL a request waits on network round trips and the commit's fsync, which would stall a loop:
+# a WSGI worker's threads overlap them instead, and more threads keep the cores busy and the audit batches
+# fuller. granian's WSGI default is backlog / workers / 2 threads (256 with 2 workers): under load that
+# many fight over the GIL. bench/run.py, reads: PostgreSQL 4 threads ~1,400 req/s, 8 ~2,000.
+SERVE = {
+    "sqlite": ("secrets_hub.web.asgi:create_asgi_app", "asgi", 1),
+    "postgresql": ("secrets_hub.app:create_app", "wsgi", 8),
+}
 
 
-def serve_wsgi(target: str, host: str, port: int, workers: int, threads: int, factory: bool = False) -> None:
-    """Serve the WSGI app named by `target` ("module:attribute") with granian until stopped."""
+def serve_app(target: str, host: str, port: int, workers: int, interface: str = "wsgi", threads: int = 1,
+              factory: bool = False) -> None:
+    """Serve the app named by `target` ("module:attribute"), WSGI or ASGI, with granian until stopped."""
     from granian.constants import Interfaces
     from granian.server import Server
 
+    wsgi = interface == "wsgi"
     Server(
         target,
         address=host,
         port=port,
-        interface=Interfaces.WSGI,
+        interface=Interfaces.WSGI if wsgi else Interfaces.ASGI,
         workers=workers,
-        blocking_threads=threads,
+        # An ASGI worker runs its app on its event loop's thread alone.
+        blocking_threads=threads if wsgi else None,
         factory=factory,
         log_access=False,
     ).serve()

@@ -18,6 +18,7 @@ SQLAlchemy's pool_pre_ping gives, without a round trip per request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, TypeVar
 
-from secrets_hub import forks
+from secrets_hub import event_loop, forks
 from secrets_hub.errors import ConfigError, DatabaseUnavailableError, ValidationError
 
 T = TypeVar("T")
@@ -123,6 +124,18 @@ class Stored(tuple):
     version = property(lambda self: self[3])
 
 
+def poll(take: Callable[[], bool], seconds: float) -> bool:
+    """Call `take` until it returns True, pausing 0.1 ms after the first miss, doubling up to 2 ms; False once
+    `seconds` are up. On the event loop the pauses serve other requests (see event_loop)."""
+    deadline, pause = time.monotonic() + seconds, 0.0001
+    while not take():
+        if time.monotonic() >= deadline:
+            return False
+        event_loop.sleep(pause)
+        pause = min(pause * 2, 0.002)
+    return True
+
+
 class _Backend:
     """What differs between sqlite3 and psycopg: connecting, placeholders, times, error classes."""
 
@@ -159,6 +172,10 @@ class _Backend:
         return connection.in_transaction
 
     def is_dead(self, connection: Any) -> bool:
+        return False
+
+    def is_busy(self, error: BaseException) -> bool:
+        """The database was locked by another writer, and the statement did nothing."""
         return False
 
     def lost_while_idle(self, connection: Any) -> bool:
@@ -285,18 +302,18 @@ class _SQLite(_Backend):
         tries again after 0.1 ms, doubling up to 2 ms, until the time is up (503, as for a busy database).
         """
         lock = self._lock_file()
-        deadline, pause = time.monotonic() + seconds, 0.0001
-        while True:
+
+        def take() -> bool:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return True
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise DatabaseUnavailableError() from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.002)
+                return False
             except OSError as error:  # no lock to be had at all (ENOLCK, say)
                 raise self._unusable(error) from None
+
+        if not poll(take, seconds):
+            raise DatabaseUnavailableError()
 
     def let_other_processes_in(self) -> None:
         # The file lock_out_other_processes locked: close() waits for the writer before closing it.
@@ -354,6 +371,10 @@ class _SQLite(_Backend):
 
     def is_missing_table(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.OperationalError) and str(error).startswith("no such table")
+
+    def is_busy(self, error: BaseException) -> bool:
+        # SQLITE_BUSY or one of its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, BUSY_TIMEOUT).
+        return isinstance(error, sqlite3.OperationalError) and error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
 
     def is_conflict(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.IntegrityError) and str(error).startswith("UNIQUE constraint failed")
@@ -576,6 +597,7 @@ class Store:
         self._idle = []
         self._lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
+        self._loop_writer: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     # ---- connections --------------------------------------------------------------------------------------------
 
@@ -615,7 +637,12 @@ class Store:
         database, when less than its usual timeout.
         """
         backend = self.backend
-        shortened = busy_seconds is not None and busy_seconds < SQLITE_BUSY_SECONDS - 0.01
+        # On an event loop SQLite's busy wait would stall every request of the loop (see event_loop): there a
+        # write finding the database locked (by another program: ours take turns on the writer locks) gives up
+        # at once and tries again after a pause in which the loop serves others, until its busy time is up.
+        yielding = busy_seconds is not None and how != "read" and event_loop.on_loop()
+        deadline, pause = time.monotonic() + (busy_seconds or 0.0), 0.0001
+        shortened = yielding or busy_seconds is not None and busy_seconds < SQLITE_BUSY_SECONDS - 0.01
         may_retry = True
         while True:
             try:
@@ -633,7 +660,7 @@ class Store:
             committing = how == "statement"
             try:
                 if shortened:
-                    backend.wait_at_most(connection, busy_seconds)
+                    backend.wait_at_most(connection, 0 if yielding else busy_seconds)
                 try:
                     if how != "transaction":
                         result = work(connection)
@@ -654,6 +681,11 @@ class Store:
                     if shortened:
                         backend.wait_at_most(connection, SQLITE_BUSY_SECONDS)
             except BaseException as error:
+                if yielding and backend.is_busy(error) and time.monotonic() < deadline:
+                    self._give_back(connection)  # refused before it did anything: usable, and nothing to undo
+                    event_loop.sleep(pause)
+                    pause = min(pause * 2, 0.002)
+                    continue
                 refusal = self._refusal(error)
                 # A refused statement committed nothing, and leaves its connection usable.
                 if refusal is not None and (how == "statement" or not committing):
@@ -709,15 +741,31 @@ class Store:
         """SQLite has one writer at a time, and a writer that finds it busy sleeps (1, 2, 5, 10 ms...) before
         trying again, which gave writes a p99 of hundreds of ms. Threads of one process queue on a lock
         instead, woken the moment it is free, and processes on a lock file, polled at 0.1 to 2 ms; only other
-        programs still meet SQLite's busy wait. Time spent on the locks counts against the busy timeout:
-        returns the seconds left of it. `_unlock_sqlite_writers` lets go of both."""
+        programs still meet SQLite's busy wait. Requests on an event loop (see event_loop) queue on a lock of
+        the loop's first, handed on as promptly, and then only try the threads' lock, which the threads beside
+        the loop (the checkpointer's) alone contend for: a blocking wait would stall the loop. Time spent on the
+        locks counts against the busy timeout: returns the seconds left of it. `_unlock_sqlite_writers` lets
+        go of them all."""
         began = time.monotonic()
-        if not self._sqlite_writer.acquire(timeout=SQLITE_BUSY_SECONDS):
-            raise DatabaseUnavailableError()
+        on_loop = event_loop.on_loop()
+        if on_loop:
+            event_loop.wait_for(self._loop_writers().acquire())
         try:
-            self.backend.lock_out_other_processes(SQLITE_BUSY_SECONDS - (time.monotonic() - began))
+            left = max(0.0, SQLITE_BUSY_SECONDS - (time.monotonic() - began))
+            if on_loop:
+                taken = poll(functools.partial(self._sqlite_writer.acquire, blocking=False), left)
+            else:
+                taken = self._sqlite_writer.acquire(timeout=left)
+            if not taken:
+                raise DatabaseUnavailableError()
+            try:
+                self.backend.lock_out_other_processes(SQLITE_BUSY_SECONDS - (time.monotonic() - began))
+            except BaseException:
+                self._sqlite_writer.release()
+                raise
         except BaseException:
-            self._sqlite_writer.release()
+            if on_loop:
+                self._loop_writers().release()
             raise
         return SQLITE_BUSY_SECONDS - (time.monotonic() - began)
 
@@ -726,6 +774,15 @@ class Store:
             self.backend.let_other_processes_in()
         finally:
             self._sqlite_writer.release()
+            if event_loop.on_loop():
+                self._loop_writers().release()
+
+    def _loop_writers(self) -> asyncio.Lock:
+        """The lock on which the running loop's requests queue to write (see _lock_sqlite_writers)."""
+        loop = asyncio.get_running_loop()
+        if self._loop_writer is None or self._loop_writer[0] is not loop:
+            self._loop_writer = (loop, asyncio.Lock())
+        return self._loop_writer[1]
 
     def write(self, work: Callable[[Transaction], T]) -> T:
         """Run `work(tx)` in one transaction; it may run twice (see the module docstring), so it does only SQL."""

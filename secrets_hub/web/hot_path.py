@@ -16,7 +16,8 @@ the size limit. Anything else goes to Flask untouched.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from flask import Flask
 from werkzeug.wsgi import get_path_info
@@ -33,18 +34,18 @@ PREFIX = "/api/secrets/"
 AFTER_REQUEST_HEADERS = [*api.NO_STORE.items(), *SECURITY_HEADERS.items()]
 
 
-def hot_request(environ: dict[str, Any], max_body: int) -> tuple[str, str] | None:
-    """(method, key) of a request answered here, else None (see the module docstring)."""
-    method = environ.get("REQUEST_METHOD")
-    if method not in ("GET", "PUT") or environ.get("QUERY_STRING"):
+def hot_request(method: str, query_string: str | bytes, path: str, headers: Mapping[str, str], max_body: int
+                ) -> tuple[str, str] | None:
+    """(method, key) of a request answered here, else None (see the module docstring). `path` decoded the way
+    Flask decodes it; `headers` by lower-case name."""
+    if method not in ("GET", "PUT") or query_string:
         return None
-    if bearer_token(environ.get("HTTP_AUTHORIZATION")) is None:
+    if bearer_token(headers.get("authorization")) is None:
         return None
-    if method == "PUT" and not (environ.get("CONTENT_TYPE") == "application/json"
-                                and _declared_length(environ.get("CONTENT_LENGTH", "")) < max_body
-                                and "HTTP_TRANSFER_ENCODING" not in environ):
+    if method == "PUT" and not (headers.get("content-type") == "application/json"
+                                and _declared_length(headers.get("content-length", "")) < max_body
+                                and "transfer-encoding" not in headers):
         return None
-    path = get_path_info(environ)  # decoded the way Flask decodes it
     key = path[len(PREFIX):] if path.startswith(PREFIX) else ""
     return (method, key) if key and "/" not in key else None
 
@@ -54,41 +55,70 @@ def _declared_length(header: str) -> float:
     return int(header) if is_decimal(header) else float("inf")
 
 
+class _EnvironHeaders:
+    """The headers hot_request looks at, by lower-case name, in a WSGI environ."""
+
+    __slots__ = ("_environ",)
+    _KEYS = {"authorization": "HTTP_AUTHORIZATION", "content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH",
+             "transfer-encoding": "HTTP_TRANSFER_ENCODING", "if-match": "HTTP_IF_MATCH"}
+
+    def __init__(self, environ: dict[str, Any]):
+        self._environ = environ
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._environ.get(self._KEYS[name], default)
+
+    def __contains__(self, name: str) -> bool:
+        return self._KEYS[name] in self._environ
+
+
 class HotPath:
-    """WSGI middleware in front of the Flask app: the requests above are answered here, everything else there."""
+    """WSGI middleware in front of the Flask app: the requests above are answered here, everything else there.
+    `secrets-hub serve`'s ASGI app (asgi.py) calls `answer` itself, without a WSGI environ."""
 
     def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]]):
         self.app, self.wsgi_app = app, wsgi_app
+        self.max_body = app.config["MAX_CONTENT_LENGTH"]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        # Every request's code finds the runtime at once, without going through Flask's context proxies.
-        with activated(self.app.extensions["secrets_hub"]):
-            hot = hot_request(environ, self.app.config["MAX_CONTENT_LENGTH"])
-            if hot is None:
+        headers = _EnvironHeaders(environ)
+        hot = hot_request(environ["REQUEST_METHOD"], environ.get("QUERY_STRING"), get_path_info(environ), headers,
+                          self.max_body)
+        if hot is None:
+            # Every request's code finds the runtime at once, without going through Flask's context proxies.
+            with activated(self.app.extensions["secrets_hub"]):
                 return self.wsgi_app(environ, start_response)
-            method, key = hot
+        method, key = hot
+        body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])) if method == "PUT" else b""
+        status, answer_headers, content = self.answer(method, key, headers, environ.get("REMOTE_ADDR"), body)
+        start_response(status, answer_headers)
+        return [content]
+
+    def answer(self, method: str, key: str, headers: Mapping[str, str], remote_addr: str | None, body: bytes
+               ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The answer to a request hot_request chose: (status line, headers, body)."""
+        with activated(self.app.extensions["secrets_hub"]):
             # No app context is needed on the way; only a refusal needs one (below), for the API's error handlers.
             try:
-                caller = api.bearer_caller(environ["HTTP_AUTHORIZATION"], environ.get("REMOTE_ADDR"))
+                caller = api.bearer_caller(headers.get("authorization"), remote_addr)
                 if method == "GET":
                     result = service.read_secret(caller, key)
-                    body = api.data_body(self.app.json, schemas.secret_value_schema, result)
-                    headers = api.value_headers(result)
+                    content = api.data_body(self.app.json, schemas.secret_value_schema, result)
+                    extra = api.value_headers(result)
                 else:
-                    raw = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
-                    result = api.update(caller, key, raw, environ.get("HTTP_IF_MATCH"))
-                    body, headers = api.data_body(self.app.json, schemas.secret_updated_schema, result), {}
+                    result = api.update(caller, key, body, headers.get("if-match"))
+                    content, extra = api.data_body(self.app.json, schemas.secret_updated_schema, result), {}
             except Exception as error:  # noqa: BLE001 - answered as Flask's handlers answer it
                 with self.app.app_context():
-                    return self._refusal(error, method, environ)(environ, start_response)
-        start_response("200 OK", [("Content-Type", self.app.json.mimetype), ("Content-Length", str(len(body))),
-                                  *headers.items(), *AFTER_REQUEST_HEADERS])
-        return [body]
+                    response = self._refusal(error, method, PREFIX + key)
+                    return response.status, response.headers.to_wsgi_list(), response.get_data()
+        return "200 OK", [("Content-Type", self.app.json.mimetype), ("Content-Length", str(len(content))),
+                          *extra.items(), *AFTER_REQUEST_HEADERS], content
 
     @staticmethod
-    def _refusal(error: Exception, method: str, environ: dict[str, Any]):
+    def _refusal(error: Exception, method: str, path: str):
         if isinstance(error, SecretsHubError):
             response = errors.domain_error(error)
         else:  # logged with its traceback, as Flask's handler does
-            response = errors.unexpected_error(method, get_path_info(environ))
+            response = errors.unexpected_error(method, path)
         return security_headers(api.no_store(response))

@@ -1,0 +1,221 @@
+"""`secrets-hub serve`'s app on SQLite: the WSGI app run on an event loop, a greenlet per request (web/asgi.py,
+event_loop.py). Driven here as an ASGI server drives it; the live-server tests drive it through granian.
+
+It must answer as the WSGI app answers, let the requests that arrive together share one audit commit, answer
+a read only once its event is committed, and never block the loop: a request waiting to write lets the others
+run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import os
+from typing import Any
+
+import pytest
+
+from conftest import bearer, hold_sqlite_writer_lock
+from secrets_hub import event_loop
+from secrets_hub.web.asgi import ASGIApp, folded_headers, wsgi_environ
+
+
+@pytest.fixture
+def asgi(app) -> ASGIApp:
+    return ASGIApp(app)
+
+
+@pytest.fixture
+def store(app):
+    return app.extensions["secrets_hub"].store
+
+
+def scope_of(method: str, path: str, headers: dict[str, str] | list[tuple[str, str]] = (), query: str = "") -> dict[str, Any]:
+    items = headers.items() if isinstance(headers, dict) else headers
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+            "headers": [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in items],
+            "client": ("192.0.2.7", 40000), "server": ("127.0.0.1", 8000)}
+
+
+async def call(asgi: ASGIApp, method: str, path: str, headers: Any = (), body: bytes | list[bytes] = b"",
+               query: str = "", on_start: Any = None) -> tuple[int, dict[str, str], bytes]:
+    """One request as a server makes it: the body in one message or in chunks; (status, headers, body)."""
+    chunks = body if isinstance(body, list) else [body]
+    messages = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and on_start is not None:
+            on_start()
+        sent.append(message)
+
+    await asgi(scope_of(method, path, headers, query), receive, send)
+    start, content = sent
+    assert not content.get("more_body", False)
+    return start["status"], {name.decode("latin-1"): value.decode("latin-1") for name, value in start["headers"]}, content["body"]
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def flask_answer(response) -> tuple[int, dict[str, str], bytes]:
+    return response.status_code, {name.lower(): value for name, value in response.headers.items()}, response.data
+
+
+def test_answers_are_the_wsgi_apps_byte_for_byte(app, client, asgi, admin_token, make_token):
+    headers = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=headers).status_code == 200
+    narrow = bearer(make_token("secrets:read", allow=["OTHER_*"], name="narrow"))
+    cases = [  # the hot path's reads and refusals, and Flask's routes, pages and errors
+        ("GET", "/api/secrets/HOT", headers, b"", ""),
+        ("GET", "/api/secrets/HOT", headers, b"", "version=1"),
+        ("GET", "/api/secrets/MISSING", headers, b"", ""),
+        ("GET", "/api/secrets/HOT", narrow, b"", ""),
+        ("GET", "/api/secrets/HOT", bearer("shub_not-a-token"), b"", ""),
+        ("GET", "/api/secrets", headers, b"", ""),
+        ("PUT", "/api/secrets/HOT", {**headers, "Content-Type": "application/json"}, b"{not json", ""),
+        ("PUT", "/api/secrets/HOT", {**headers, "Content-Type": "application/json", "If-Match": "7"}, b'{"value": "x"}', ""),
+        ("GET", "/healthz", {}, b"", ""),
+        ("GET", "/login", {}, b"", ""),
+        ("GET", "/nowhere", {}, b"", ""),
+    ]
+    for method, path, request_headers, body, query in cases:
+        status, answer_headers, content = run(call(asgi, method, path, request_headers, body, query))
+        expected = flask_answer(client.open(path, method=method, headers=request_headers, data=body, query_string=query))
+        # A page's CSRF token and session cookie are new on every request.
+        if path == "/login":
+            assert (status, content.count(b"csrf_token")) == (expected[0], expected[2].count(b"csrf_token")), path
+            continue
+        answer_headers.pop("date", None), expected[1].pop("date", None)
+        assert (status, answer_headers, content) == expected, (method, path, query)
+
+
+def test_the_request_reaches_the_app_as_a_wsgi_server_would_pass_it():
+    scope = scope_of("POST", "/api/sécrets", [("Content-Type", "application/json"), ("Content-Length", "2"),
+                                             ("Cookie", "a=1"), ("Cookie", "b=2"), ("Accept", "text/html"),
+                                             ("Accept", "application/json"), ("X_Forwarded_For", "203.0.113.9")],
+                      query="x=%2F")
+    environ = wsgi_environ(scope, folded_headers(scope["headers"]), b"{}")
+    assert environ["REQUEST_METHOD"] == "POST"
+    assert environ["PATH_INFO"] == "/api/sécrets".encode().decode("latin-1")  # WSGI's bytes-as-latin-1
+    assert environ["QUERY_STRING"] == "x=%2F"
+    assert (environ["CONTENT_TYPE"], environ["CONTENT_LENGTH"]) == ("application/json", "2")
+    assert environ["HTTP_COOKIE"] == "a=1; b=2"
+    assert environ["HTTP_ACCEPT"] == "text/html,application/json"
+    # An underscore spelling of a header must not pass for the dashed one the proxy sets.
+    assert "HTTP_X_FORWARDED_FOR" not in environ
+    assert (environ["REMOTE_ADDR"], environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("192.0.2.7", "127.0.0.1", "8000")
+    assert environ["wsgi.input"].read() == b"{}"
+
+
+def test_a_body_in_chunks_is_read_whole_and_one_past_the_limit_is_refused(app, asgi, admin_token):
+    headers = {**bearer(admin_token), "Content-Type": "application/json"}
+    status, _, content = run(call(asgi, "POST", "/api/secrets", headers, [b'{"key": "CHUNKED", ', b'"value": "v1"}']))
+    assert status == 200, content
+    status, _, content = run(call(asgi, "GET", "/api/secrets/CHUNKED", bearer(admin_token)))
+    assert (status, content) == (200, b'{"data":{"key":"CHUNKED","value":"v1"}}\n')
+    too_big = b"x" * (app.config["MAX_CONTENT_LENGTH"] + 1)
+    for declared in ({"Content-Length": str(len(too_big))}, {}):  # declared, or found out while reading
+        status, _, content = run(call(asgi, "POST", "/api/secrets", {**headers, **declared}, [too_big[:10], too_big[10:]]))
+        assert status == 413, content
+
+
+def read_events(store, key: str) -> int:
+    return sum(1 for event in store.audit_events(key=key, actor=None, limit=1000, before=None) if event["action"] == "read")
+
+
+def test_reads_arriving_together_share_one_commit_and_each_answers_once_its_event_is_in(
+        client, asgi, store, admin_token, monkeypatch):
+    headers = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "SHARED", "value": "v1"}, headers=headers).status_code == 200
+    batches: list[int] = []
+    audit_insert = store.audit_insert
+    monkeypatch.setattr(store, "audit_insert", lambda events: batches.append(len(events)) or audit_insert(events))
+    answered: list[int] = []
+
+    def on_start() -> None:  # as the answer starts out, every answer so far must have its event committed
+        answered.append(1)
+        assert read_events(store, "SHARED") >= len(answered)
+
+    async def eight_reads() -> list[Any]:
+        return await asyncio.gather(*(call(asgi, "GET", "/api/secrets/SHARED", headers, on_start=on_start)
+                                      for _ in range(8)))
+
+    answers = run(eight_reads())
+    assert [(status, content) for status, _, content in answers] == [(200, b'{"data":{"key":"SHARED","value":"v1"}}\n')] * 8
+    assert batches == [8]
+    assert read_events(store, "SHARED") == 8
+
+
+def test_updates_on_one_loop_each_get_their_own_version(client, asgi, admin_token):
+    headers = {**bearer(admin_token), "Content-Type": "application/json"}
+    assert client.post("/api/secrets", json={"key": "MANY", "value": "v1"}, headers=headers).status_code == 200
+
+    async def updates() -> list[Any]:
+        return await asyncio.gather(*(call(asgi, "PUT", "/api/secrets/MANY", headers, f'{{"value": "v{n}"}}'.encode())
+                                      for n in range(2, 12)))
+
+    assert [status for status, _, _ in run(updates())] == [200] * 10
+    versions = client.get("/api/secrets/MANY/versions", headers=headers).get_json()["data"]
+    assert sorted(version["version"] for version in versions) == list(range(1, 12))
+
+
+@pytest.mark.parametrize("holder", ["another process", "a thread of this process"])
+def test_a_request_waiting_to_write_lets_the_loop_serve_others(backend, database_url, client, asgi, store, admin_token,
+                                                               holder):
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL has no writer locks: its rows' locks order writers")
+    headers = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "WAITS", "value": "v1"}, headers=headers).status_code == 200
+    if holder == "another process":
+        other_process = hold_sqlite_writer_lock(database_url)
+        release = functools.partial(os.close, other_process)
+    else:  # the checkpointer's thread, say
+        store._sqlite_writer.acquire()
+        release = store._sqlite_writer.release
+
+    async def scenario() -> tuple[Any, Any]:
+        read = asyncio.ensure_future(call(asgi, "GET", "/api/secrets/WAITS", headers))
+        for _ in range(50):  # the read runs until its audit event waits for the writer lock...
+            await asyncio.sleep(0)
+        assert not read.done()
+        health = await call(asgi, "GET", "/healthz")  # ...and the loop serves another request meanwhile
+        assert not read.done()
+        release()
+        return health, await read
+
+    (health_status, _, _), (read_status, _, content) = run(scenario())
+    assert (health_status, read_status, content) == (200, 200, b'{"data":{"key":"WAITS","value":"v1"}}\n')
+    assert read_events(store, "WAITS") == 1
+
+
+def test_code_run_on_the_loop_gets_a_fresh_context_and_its_errors(monkeypatch):
+    seen = contextvars.ContextVar("seen", default="unset")
+
+    def first() -> str:
+        seen.set("first")
+        assert event_loop.on_loop()
+        event_loop.sleep(0)
+        return seen.get()
+
+    def second() -> str:
+        return seen.get()
+
+    def fails() -> None:
+        event_loop.wait_for(asyncio.sleep(0))
+        raise KeyError("raised on the loop")
+
+    async def scenario() -> list[Any]:
+        together = await asyncio.gather(event_loop.run(first), event_loop.run(second))
+        after = await event_loop.run(second)  # on a greenlet used before
+        with pytest.raises(KeyError, match="raised on the loop"):
+            await event_loop.run(fails)
+        return [*together, after, await event_loop.run(second)]
+
+    assert run(scenario()) == ["first", "unset", "unset", "unset"]
+    assert not event_loop.on_loop()
