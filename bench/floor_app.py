@@ -3,10 +3,9 @@
 It does what any Flask view behind granian must do and nothing secrets-hub adds (no token check, no
 query, no decryption, no audit row), so "read value / floor" shows how much of the server's capacity
 the product itself uses. bench/run.py starts it: `python bench/floor_app.py PORT WORKERS BACKEND`, on
-granian's WSGI interface, with the threads per worker `serve` gives BACKEND where `serve` runs WSGI
-(PostgreSQL). Where `serve` runs an event loop (SQLite), a bare Flask app is still served as Flask apps
-are, by WSGI threads: 4 per worker, which measured the same as 1, 2 or 8 (6,000-7,600 req/s on a 2-core
-AMD EPYC VM).
+granian's WSGI interface with the threads a WSGI worker of `serve` gets on BACKEND. Where `serve` runs an
+event loop instead (SQLite), a bare Flask app is still served as Flask apps are, by WSGI threads: 4 per
+worker, which measured the same as 1, 2 or 8 (6,000-7,600 req/s on a 2-core AMD EPYC VM).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ def constant(key: str):
 
 
 if __name__ == "__main__":
-    from secrets_hub.server import SERVE, serve_app
+    from secrets_hub.server import WSGI_THREADS, serve_app
 
-    _, interface, threads = SERVE[sys.argv[3]]
-    serve_app("floor_app:app", "127.0.0.1", int(sys.argv[1]), int(sys.argv[2]), "wsgi", threads if interface == "wsgi" else 4)
+    serve_app("floor_app:app", "127.0.0.1", int(sys.argv[1]), int(sys.argv[2]), "wsgi", WSGI_THREADS[sys.argv[3]])

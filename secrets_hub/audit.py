@@ -111,10 +111,11 @@ class _Pending:
     def sleep(self, seconds: float) -> bool:
         if self._loop is None:
             return self._wake.acquire(timeout=seconds)
-        # No time limit on the loop: a writer stuck in the database there holds the loop, and this request with
-        # it, until SQLite's busy timeout ends its statement; one waiting for the writer locks gives up as soon.
-        event_loop.wait_for(self._wake)
-        return True
+        timer = self._loop.call_later(seconds, self._resolve, False)
+        try:
+            return event_loop.wait_for(self._wake)
+        finally:
+            timer.cancel()
 
     def wake(self, state: str, error: BaseException | None = None) -> None:
         # The error first: a request whose wait has just run out may read the state at any moment, and must
@@ -126,11 +127,14 @@ class _Pending:
         elif threading.get_ident() == self._loop_thread:
             self._resolve()
         else:  # written by a thread beside the loop (a plugin's, say)
-            self._loop.call_soon_threadsafe(self._resolve)
+            try:
+                self._loop.call_soon_threadsafe(self._resolve)
+            except RuntimeError:  # the loop is closed: nobody waits there any more
+                pass
 
-    def _resolve(self) -> None:
-        if not self._wake.done():  # not if its wait ran out
-            self._wake.set_result(None)
+    def _resolve(self, woken: bool = True) -> None:
+        if not self._wake.done():  # not if its wait ran out, or was cancelled
+            self._wake.set_result(woken)
 
 
 class GroupCommitWriter:
@@ -189,11 +193,15 @@ class GroupCommitWriter:
             # time: its request fails, and it leaves the queue, passing on the turn if it was just handed it, or
             # nobody would write again.
             with self._lock:
-                if pending.state in ("waiting", "leading"):
-                    self._waiting.remove(pending)
+                self._leave_queue(pending)
                 if pending.state == "leading":
                     self._pass_turn()
             raise
+
+    def _leave_queue(self, pending: _Pending) -> None:
+        """Take an interrupted request's event out of the queue, unless a batch has it (holding self._lock)."""
+        if pending.state in ("waiting", "leading"):
+            self._waiting.remove(pending)
 
     def _pass_turn(self) -> None:
         """To the first request waiting, if any (holding self._lock)."""
@@ -206,7 +214,13 @@ class GroupCommitWriter:
         try:
             if event_loop.on_loop():
                 # Let the requests that arrived with this one queue their events first, to share its commit.
-                event_loop.sleep(0)
+                try:
+                    event_loop.sleep(0)
+                except BaseException:
+                    # Cancelled: its event is still waiting, and must not be handed the turn it gives up.
+                    with self._lock:
+                        self._leave_queue(own)
+                    raise
             while own.state != "done":
                 self._write_batch(own)
         finally:

@@ -121,12 +121,12 @@ def init() -> None:
 def serve(host: str, port: int, workers: int | None) -> None:
     """Run the web app (UI and REST API) with the granian production server; runs `init` first."""
     from secrets_hub.bootstrap import initialize
-    from secrets_hub.server import DEFAULT_WORKERS, SERVE, serve_app
+    from secrets_hub.server import DEFAULT_WORKERS, serve_app, serving
 
     workers = workers or DEFAULT_WORKERS
     settings = initialize()
     _note(f"secrets-hub on http://{host}:{port} ({settings.backend}, {workers} worker(s))")
-    target, interface, threads = SERVE[settings.backend]
+    target, interface, threads = serving(settings.backend, settings.ratelimit_storage)
     serve_app(target, host, port, workers, interface, threads, factory=True)
 
 

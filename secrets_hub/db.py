@@ -40,12 +40,14 @@ class UTCDateTime(TypeDecorator):
 
 
 def engine_options(database_url: str) -> dict:
-    """Pool settings: PostgreSQL keeps a checked pool; SQLite needs none beyond its pragmas (below)."""
+    """Pool settings: PostgreSQL keeps a checked pool; SQLite's never makes a request wait for a connection."""
     if database_url.startswith("postgresql"):
         # The admin paths' pool (users, tokens, rotation, backup); requests for secrets use the store's.
         return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 20, "pool_recycle": 1800,
                 "connect_args": POSTGRESQL_CONNECT_ARGS}
-    return {}
+    # No request ever waits for a pooled connection: on the event loop (`serve` on SQLite) that wait would
+    # block the loop, and with it the requests holding the connections. Past the 5 kept, more are opened.
+    return {"max_overflow": -1}
 
 
 @event.listens_for(Engine, "connect")

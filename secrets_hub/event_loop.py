@@ -34,29 +34,39 @@ _idle = threading.local()
 
 
 class _Finished:
+    """What a function run by `run` returned or raised; emptied once taken."""
+
     __slots__ = ("result", "error")
 
-    def __init__(self, result: Any = None, error: BaseException | None = None):
-        self.result, self.error = result, error
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
 
 
 class _OnLoop(greenlet):
     """A greenlet of `run`'s: it runs one function after another, each in a fresh context (as a thread
     of a WSGI server gives each request its own), and hands what it awaits to its parent, the loop's."""
 
-    def run(self, function: Callable[..., Any], args: tuple) -> None:
+    def run(self, function: Callable[..., Any] | None, args: tuple) -> None:
+        finished = _Finished()
         while True:
             try:
-                finished = _Finished(contextvars.Context().run(function, *args))
+                finished.result = contextvars.Context().run(function, *args)
             except BaseException as error:  # noqa: BLE001 - raised by `run`, in the request's task
-                finished = _Finished(error=error)
+                finished.error = error
+            # Nothing of a request stays with an idle greenlet: not its arguments (a token, a body), nor its result.
+            function = args = None
             function, args = self.parent.switch(finished)
 
 
 async def run(function: Callable[..., T], *args: Any) -> T:
     """`function(*args)` in a greenlet; the loop serves other requests while it waits in `wait_for`."""
     idle = _idle.__dict__.setdefault("greenlets", [])
-    child = idle.pop() if idle else _OnLoop(parent=getcurrent())
+    if idle:
+        child = idle.pop()
+        child.parent = getcurrent()
+    else:
+        child = _OnLoop(parent=getcurrent())
     handed = child.switch(function, args)
     while not isinstance(handed, _Finished):
         try:
@@ -65,11 +75,13 @@ async def run(function: Callable[..., T], *args: Any) -> T:
             handed = child.throw(error)
         else:
             handed = child.switch(outcome)
+    result, error = handed.result, handed.error
+    handed.result = handed.error = None
     if len(idle) < MAX_IDLE:
         idle.append(child)
-    if handed.error is not None:
-        raise handed.error
-    return handed.result
+    if error is not None:
+        raise error
+    return result
 
 
 def on_loop() -> bool:
@@ -88,3 +100,11 @@ def sleep(seconds: float) -> None:
         wait_for(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)
+
+
+def blocking(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)`, which takes long without needing the interpreter (scrypt): on the loop, in a thread
+    of the loop's default executor, the loop serving others meanwhile; elsewhere, here."""
+    if on_loop():
+        return wait_for(asyncio.get_running_loop().run_in_executor(None, function, *args))
+    return function(*args)

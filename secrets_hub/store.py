@@ -729,30 +729,31 @@ class Store:
             yield None
             return
         try:
-            busy_seconds = self._lock_sqlite_writers()
+            busy_seconds, loop_writers = self._lock_sqlite_writers()
             try:
                 yield busy_seconds
             finally:
-                self._unlock_sqlite_writers()
+                self._unlock_sqlite_writers(loop_writers)
         finally:
             self._checkpointer.wrote()
 
-    def _lock_sqlite_writers(self) -> float:
+    def _lock_sqlite_writers(self) -> tuple[float, asyncio.Lock | None]:
         """SQLite has one writer at a time, and a writer that finds it busy sleeps (1, 2, 5, 10 ms...) before
         trying again, which gave writes a p99 of hundreds of ms. Threads of one process queue on a lock
         instead, woken the moment it is free, and processes on a lock file, polled at 0.1 to 2 ms; only other
         programs still meet SQLite's busy wait. Requests on an event loop (see event_loop) queue on a lock of
         the loop's first, handed on as promptly, and then only try the threads' lock, which the threads beside
         the loop (the checkpointer's) alone contend for: a blocking wait would stall the loop. Time spent on the
-        locks counts against the busy timeout: returns the seconds left of it. `_unlock_sqlite_writers` lets
-        go of them all."""
+        locks counts against the busy timeout. Returns the seconds left of it, and the loop's lock if taken;
+        `_unlock_sqlite_writers` lets go of them all."""
         began = time.monotonic()
-        on_loop = event_loop.on_loop()
-        if on_loop:
-            event_loop.wait_for(self._loop_writers().acquire())
+        loop_writers = None
+        if event_loop.on_loop():
+            loop_writers = self._loop_writers()
+            event_loop.wait_for(loop_writers.acquire())
         try:
             left = max(0.0, SQLITE_BUSY_SECONDS - (time.monotonic() - began))
-            if on_loop:
+            if loop_writers is not None:
                 taken = poll(functools.partial(self._sqlite_writer.acquire, blocking=False), left)
             else:
                 taken = self._sqlite_writer.acquire(timeout=left)
@@ -764,18 +765,18 @@ class Store:
                 self._sqlite_writer.release()
                 raise
         except BaseException:
-            if on_loop:
-                self._loop_writers().release()
+            if loop_writers is not None:
+                loop_writers.release()
             raise
-        return SQLITE_BUSY_SECONDS - (time.monotonic() - began)
+        return SQLITE_BUSY_SECONDS - (time.monotonic() - began), loop_writers
 
-    def _unlock_sqlite_writers(self) -> None:
+    def _unlock_sqlite_writers(self, loop_writers: asyncio.Lock | None = None) -> None:
         try:
             self.backend.let_other_processes_in()
         finally:
             self._sqlite_writer.release()
-            if event_loop.on_loop():
-                self._loop_writers().release()
+            if loop_writers is not None:
+                loop_writers.release()
 
     def _loop_writers(self) -> asyncio.Lock:
         """The lock on which the running loop's requests queue to write (see _lock_sqlite_writers)."""

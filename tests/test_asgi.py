@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import functools
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -39,9 +40,12 @@ def scope_of(method: str, path: str, headers: dict[str, str] | list[tuple[str, s
 
 
 async def call(asgi: ASGIApp, method: str, path: str, headers: Any = (), body: bytes | list[bytes] = b"",
-               query: str = "", on_start: Any = None) -> tuple[int, dict[str, str], bytes]:
-    """One request as a server makes it: the body in one message or in chunks; (status, headers, body)."""
+               query: str = "", on_start: Any = None, as_list: bool = False) -> tuple[int, Any, bytes]:
+    """One request as a server makes it: the body in one message or in chunks; (status, headers, body), the
+    headers as a dict, or `as_list` as the list of (name, value) sent."""
     chunks = body if isinstance(body, list) else [body]
+    if isinstance(body, bytes) and body:  # a client declares the length of a body it sends whole
+        headers = [*(headers.items() if isinstance(headers, dict) else headers), ("Content-Length", str(len(body)))]
     messages = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)]
     sent: list[dict[str, Any]] = []
 
@@ -56,43 +60,53 @@ async def call(asgi: ASGIApp, method: str, path: str, headers: Any = (), body: b
     await asgi(scope_of(method, path, headers, query), receive, send)
     start, content = sent
     assert not content.get("more_body", False)
-    return start["status"], {name.decode("latin-1"): value.decode("latin-1") for name, value in start["headers"]}, content["body"]
+    answer_headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in start["headers"]]
+    return start["status"], answer_headers if as_list else dict(answer_headers), content["body"]
 
 
 def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-def flask_answer(response) -> tuple[int, dict[str, str], bytes]:
-    return response.status_code, {name.lower(): value for name, value in response.headers.items()}, response.data
+def flask_answer(response) -> tuple[int, list[tuple[str, str]], bytes]:
+    return response.status_code, [(name.lower(), value) for name, value in response.headers.items()], response.data
 
 
-def test_answers_are_the_wsgi_apps_byte_for_byte(app, client, asgi, admin_token, make_token):
+def test_answers_are_the_wsgi_apps_byte_for_byte(app, client, asgi, admin_token, make_token, monkeypatch):
     headers = bearer(admin_token)
     assert client.post("/api/secrets", json={"key": "HOT", "value": "v1"}, headers=headers).status_code == 200
     narrow = bearer(make_token("secrets:read", allow=["OTHER_*"], name="narrow"))
-    cases = [  # the hot path's reads and refusals, and Flask's routes, pages and errors
+    json_body = {**headers, "Content-Type": "application/json"}
+    cases = [  # the hot path's reads, updates and refusals, and Flask's routes, pages and errors
         ("GET", "/api/secrets/HOT", headers, b"", ""),
         ("GET", "/api/secrets/HOT", headers, b"", "version=1"),
         ("GET", "/api/secrets/MISSING", headers, b"", ""),
         ("GET", "/api/secrets/HOT", narrow, b"", ""),
         ("GET", "/api/secrets/HOT", bearer("shub_not-a-token"), b"", ""),
         ("GET", "/api/secrets", headers, b"", ""),
-        ("PUT", "/api/secrets/HOT", {**headers, "Content-Type": "application/json"}, b"{not json", ""),
-        ("PUT", "/api/secrets/HOT", {**headers, "Content-Type": "application/json", "If-Match": "7"}, b'{"value": "x"}', ""),
+        ("PUT", "/api/secrets/HOT", json_body, b"{not json", ""),
+        ("PUT", "/api/secrets/HOT", {**json_body, "If-Match": "7"}, b'{"value": "x"}', ""),
+        ("PUT", "/api/secrets/HOT", {**json_body, "If-Match": "7"}, b'{"value": "x"}', "via=flask"),
         ("GET", "/healthz", {}, b"", ""),
         ("GET", "/login", {}, b"", ""),
         ("GET", "/nowhere", {}, b"", ""),
     ]
+    through_wsgi: list[str] = []
+    wsgi_app = asgi.wsgi_app
+    monkeypatch.setattr(asgi, "wsgi_app", lambda environ, start: through_wsgi.append(environ["PATH_INFO"])
+                        or wsgi_app(environ, start))
     for method, path, request_headers, body, query in cases:
-        status, answer_headers, content = run(call(asgi, method, path, request_headers, body, query))
+        status, answer_headers, content = run(call(asgi, method, path, request_headers, body, query, as_list=True))
         expected = flask_answer(client.open(path, method=method, headers=request_headers, data=body, query_string=query))
-        # A page's CSRF token and session cookie are new on every request.
-        if path == "/login":
+        if path == "/login":  # a page's CSRF token and session cookie are new on every request
             assert (status, content.count(b"csrf_token")) == (expected[0], expected[2].count(b"csrf_token")), path
+            assert [name for name, _ in answer_headers] == [name for name, _ in expected[1]]
             continue
-        answer_headers.pop("date", None), expected[1].pop("date", None)
-        assert (status, answer_headers, content) == expected, (method, path, query)
+        without_date = [header for header in answer_headers if header[0] != "date"]
+        assert (status, without_date, content) == (expected[0], [h for h in expected[1] if h[0] != "date"], expected[2]), (
+            method, path, query)
+    # The hot path's requests were answered without a WSGI environ; the others went through the WSGI app.
+    assert through_wsgi == ["/api/secrets/HOT", "/api/secrets", "/api/secrets/HOT", "/healthz", "/login", "/nowhere"]
 
 
 def test_the_request_reaches_the_app_as_a_wsgi_server_would_pass_it():
@@ -219,3 +233,128 @@ def test_code_run_on_the_loop_gets_a_fresh_context_and_its_errors(monkeypatch):
 
     assert run(scenario()) == ["first", "unset", "unset", "unset"]
     assert not event_loop.on_loop()
+
+
+def test_requests_on_the_loop_never_wait_for_a_pooled_orm_connection(backend, app):
+    if backend != "sqlite":
+        pytest.skip("`serve` runs PostgreSQL on threads, which may wait for its pool")
+    from sqlalchemy import text
+
+    from secrets_hub.db import db
+
+    with app.app_context():
+        engine = db.engine
+
+    def holds_a_connection_while_it_waits() -> int:  # as a page does, loading its user, then auditing a read
+        with engine.connect() as connection:
+            event_loop.sleep(0)
+            return connection.execute(text("SELECT 1")).scalar()
+
+    async def scenario() -> list[int]:
+        return await asyncio.gather(*(event_loop.run(holds_a_connection_while_it_waits) for _ in range(40)))
+
+    results: list[list[int]] = []
+    loop_thread = threading.Thread(target=lambda: results.append(run(scenario())), daemon=True)
+    loop_thread.start()
+    loop_thread.join(20)  # a wait for a pooled connection would block this loop for its pool timeout (30 s)
+    assert results == [[1] * 40]
+
+
+def test_a_read_cancelled_as_it_takes_its_turn_to_write_leaves_the_writer_to_the_next(client, asgi, store, admin_token):
+    headers = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "GONE", "value": "v1"}, headers=headers).status_code == 200
+    before = read_events(store, "GONE")
+
+    async def scenario() -> Any:
+        first = asyncio.ensure_future(call(asgi, "GET", "/api/secrets/GONE", headers))
+        await asyncio.sleep(0)  # it runs until it lets the loop run once before writing its batch
+        assert not first.done()
+        first.cancel()  # as a server cancels a request whose worker stops
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # The next read is written and answered (with the writer still handed to the cancelled one, never).
+        return await asyncio.wait_for(call(asgi, "GET", "/api/secrets/GONE", headers), 10)
+
+    status, _, content = run(scenario())
+    assert (status, content) == (200, b'{"data":{"key":"GONE","value":"v1"}}\n')
+    assert read_events(store, "GONE") == before + 1  # the cancelled read was neither answered nor audited
+
+
+def test_a_batch_written_by_a_thread_beside_the_loop_wakes_the_reads_of_the_loop_it_took(
+        app, client, asgi, store, admin_token, monkeypatch):
+    headers = bearer(admin_token)
+    assert client.post("/api/secrets", json={"key": "BESIDE", "value": "v1"}, headers=headers).status_code == 200
+    runtime = app.extensions["secrets_hub"]
+    writing, release = threading.Event(), threading.Event()
+    append_audit = store.append_audit
+
+    def held_until_released(take: Any) -> None:  # the thread's batch waits before it takes the events queued
+        writing.set()
+        assert release.wait(10)
+        append_audit(take)
+
+    monkeypatch.setattr(store, "append_audit", held_until_released)
+    thread = threading.Thread(target=lambda: record_in(runtime, "THREAD"))  # a plugin's thread, say
+    thread.start()
+    assert writing.wait(10)
+    monkeypatch.setattr(store, "append_audit", append_audit)
+
+    async def scenario() -> Any:
+        read = asyncio.ensure_future(call(asgi, "GET", "/api/secrets/BESIDE", headers))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not read.done()  # queued behind the thread's batch
+        release.set()
+        return await asyncio.wait_for(read, 10)
+
+    status, _, content = run(scenario())
+    thread.join(10)
+    assert (status, content) == (200, b'{"data":{"key":"BESIDE","value":"v1"}}\n')
+    assert read_events(store, "BESIDE") == 1
+
+
+def record_in(runtime: Any, key: str) -> None:
+    from secrets_hub import audit
+    from secrets_hub.auth import operator
+    from secrets_hub.runtime import activated
+
+    with activated(runtime):
+        audit.record_now(operator("plugin"), "probe", key, "ok")
+
+
+@pytest.mark.parametrize(("hops", "address"), [("1", "203.0.113.7"), ("0", "192.0.2.7")])
+def test_behind_a_proxy_the_audited_address_is_the_forwarded_one(backend, config, hops, address):
+    if backend != "sqlite":
+        pytest.skip("`serve` runs PostgreSQL on WSGI threads")
+    from secrets_hub import bootstrap, tokens
+    from secrets_hub.app import create_app
+    from secrets_hub.auth import operator
+    from secrets_hub.db import db
+
+    bootstrap.initialize(config)
+    app = create_app({**config, "TESTING": True, "SECRETS_HUB_PROXY_HOPS": hops})
+    with app.app_context():
+        token = tokens.create_token(operator("test"), "proxy-admin", ["admin", "secrets:read"], None, None)["token"]
+    forwarded = {**bearer(token), "X-Forwarded-For": "203.0.113.7"}
+    assert run(call(ASGIApp(app), "GET", "/api/secrets/MISSING_KEY", forwarded))[0] == 404
+    events = app.extensions["secrets_hub"].store.audit_events(key="MISSING_KEY", actor=None, limit=10, before=None)
+    assert [event["remote_addr"] for event in events] == [address]
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_a_client_gone_before_its_body_is_in_gets_nothing_done(client, asgi, admin_token):
+    headers = [*bearer(admin_token).items(), ("Content-Type", "application/json"), ("Content-Length", "40")]
+    sent: list[Any] = []
+    messages = [{"type": "http.request", "body": b'{"key": "HALF", ', "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    run(asgi(scope_of("POST", "/api/secrets", headers), receive, send))
+    assert sent == []
+    assert client.get("/api/secrets/HALF", headers=bearer(admin_token)).status_code == 404

@@ -43,6 +43,8 @@ class ASGIApp:
         elif scope["type"] == "http":
             headers = folded_headers(scope["headers"])
             body = await self._body(scope["method"], headers, receive)
+            if body is None:  # the client went away before it finished sending: nothing to do, nobody to answer
+                return
             hot = self.hot_path and hot_request(scope["method"], scope["query_string"], scope["path"], headers,
                                                 self.max_body)
             if hot:
@@ -52,12 +54,14 @@ class ASGIApp:
                 answer = await event_loop.run(self._respond, wsgi_environ(scope, headers, body))
             status, answer_headers, content = answer
             await send({"type": "http.response.start", "status": int(status[:3]),
-                        "headers": [_encoded(name, value) for name, value in answer_headers]})
+                        "headers": [_encoded(name, value) if name != "Set-Cookie" else _cookie(value)
+                                    for name, value in answer_headers]})
             await send({"type": "http.response.body", "body": content})
         # No WebSocket is served: the server refuses the handshake of an app that does not accept it.
 
-    async def _body(self, method: str, headers: dict[str, str], receive: Callable[[], Any]) -> bytes:
-        """The request's body; past the limit, no more than the app needs to refuse it (413)."""
+    async def _body(self, method: str, headers: dict[str, str], receive: Callable[[], Any]) -> bytes | None:
+        """The request's body; past the limit, no more than the app needs to refuse it (413); None if the client
+        went away first."""
         declared = headers.get("content-length")
         if declared is None and "transfer-encoding" not in headers and method in ("GET", "HEAD"):
             return b""  # none was sent (the value reads: no need to ask the server)
@@ -66,8 +70,8 @@ class ASGIApp:
         chunks, size = [], 0
         while size <= self.max_body:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away: nobody will read an answer
-                break
+            if message["type"] != "http.request":
+                return None
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if not message.get("more_body", False):
@@ -93,6 +97,11 @@ class ASGIApp:
 @functools.lru_cache(maxsize=1024)  # most answers' headers are the same few (security headers, types, lengths)
 def _encoded(name: str, value: str) -> tuple[bytes, bytes]:
     return name.lower().encode("latin-1"), value.encode("latin-1")
+
+
+def _cookie(value: str) -> tuple[bytes, bytes]:
+    # Never kept by the cache above: a session cookie is a credential.
+    return b"set-cookie", value.encode("latin-1")
 
 
 def folded_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
