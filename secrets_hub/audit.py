@@ -25,7 +25,6 @@ requests that arrived with it queue their events and share its commit.
 from __future__ import annotations
 
 import _thread
-import asyncio
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -100,6 +99,8 @@ class _Pending:
         self.state = "waiting"  # then "writing" (taken into a batch), "leading" (its turn to write) or "done"
         self.error: BaseException | None = None
         if event_loop.on_loop():
+            import asyncio  # only on a loop: the command line does without it (`secrets-hub get`)
+
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
             self._wake: Any = self._loop.create_future()

@@ -15,7 +15,6 @@ Everything else a request does, SQLite's local calls included, runs to its end w
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import threading
 import time
@@ -97,6 +96,8 @@ def wait_for(awaitable: Awaitable[T]) -> T:
 def sleep(seconds: float) -> None:
     """Pause this request: on the loop, letting the loop serve others; elsewhere, the thread sleeps."""
     if on_loop():
+        import asyncio  # only here, on a loop: the command line does without it (`secrets-hub get`)
+
         wait_for(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)
@@ -106,5 +107,7 @@ def blocking(function: Callable[..., T], *args: Any) -> T:
     """`function(*args)`, which takes long without needing the interpreter (scrypt): on the loop, in a thread
     of the loop's default executor, the loop serving others meanwhile; elsewhere, here."""
     if on_loop():
+        import asyncio
+
         return wait_for(asyncio.get_running_loop().run_in_executor(None, function, *args))
     return function(*args)

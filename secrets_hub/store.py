@@ -18,7 +18,6 @@ SQLAlchemy's pool_pre_ping gives, without a round trip per request.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -35,10 +34,13 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from secrets_hub import event_loop, forks
 from secrets_hub.errors import ConfigError, DatabaseUnavailableError, ValidationError
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -780,6 +782,8 @@ class Store:
 
     def _loop_writers(self) -> asyncio.Lock:
         """The lock on which the running loop's requests queue to write (see _lock_sqlite_writers)."""
+        import asyncio  # only on a loop: the command line does without it (`secrets-hub get`)
+
         loop = asyncio.get_running_loop()
         if self._loop_writer is None or self._loop_writer[0] is not loop:
             self._loop_writer = (loop, asyncio.Lock())
