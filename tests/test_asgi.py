@@ -358,3 +358,12 @@ def test_a_client_gone_before_its_body_is_in_gets_nothing_done(client, asgi, adm
     run(asgi(scope_of("POST", "/api/secrets", headers), receive, send))
     assert sent == []
     assert client.get("/api/secrets/HALF", headers=bearer(admin_token)).status_code == 404
+
+
+def test_serve_runs_the_loop_only_where_no_request_waits_on_the_network():
+    from secrets_hub.server import serving
+
+    assert serving("sqlite", "memory://") == ("secrets_hub.web.asgi:create_asgi_app", "asgi", 1)
+    # Redis counters are asked on every API request, and PostgreSQL on every one: WSGI threads overlap those waits.
+    assert serving("sqlite", "redis://127.0.0.1:6379/0") == ("secrets_hub.app:create_app", "wsgi", 4)
+    assert serving("postgresql", "memory://") == ("secrets_hub.app:create_app", "wsgi", 8)
