@@ -99,9 +99,7 @@ class _Pending:
         self.state = "waiting"  # then "writing" (taken into a batch), "leading" (its turn to write) or "done"
         self.error: BaseException | None = None
         if event_loop.on_loop():
-            import asyncio  # only on a loop: the command line does without it (`secrets-hub get`)
-
-            self._loop = asyncio.get_running_loop()
+            self._loop = event_loop.running_loop()
             self._loop_thread = threading.get_ident()
             self._wake: Any = self._loop.create_future()
         else:
@@ -254,6 +252,13 @@ class GroupCommitWriter:
             self._store.append_audit(take)
         except BaseException as failure:  # noqa: BLE001 - every request of the batch fails with it
             error = failure
+            if not batch and not isinstance(failure, Exception):
+                # This request was interrupted (a cancelled task, a KeyboardInterrupt) while it waited for the
+                # writer locks, not failed by the database: it alone fails, and the turn passes on.
+                with self._lock:
+                    self._leave_queue(own)
+                own.state, own.error = "done", failure
+                return
             if not batch:  # the database failed before the batch was taken: it fails those waiting now alike
                 collect()
         for pending in batch:

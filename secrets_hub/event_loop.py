@@ -6,11 +6,13 @@ request, workers slept and woke about twice per read, and a fifth of the CPU sat
 queued. On one thread per worker, the requests that arrive together share one audit commit, and none
 waits for another thread to wake it.
 
-The code that runs is the same blocking code the threads run, unchanged but for the places where it waits
-for something other requests do: the audit writer's batch (audit.py) and the writer locks (store.py).
-There it asks `on_loop()`, and if so waits through `wait_for`, which hands the loop back to the other
-requests (the way SQLAlchemy's asyncio extension runs its blocking core: greenlet_spawn, await_only).
-Everything else a request does, SQLite's local calls included, runs to its end without a switch.
+The code that runs is the same blocking code the threads run, unchanged but for the places where it
+waits: for something other requests do (the audit writer's batch in audit.py, the writer locks and a
+database another program has locked in store.py), or for long work that needs no interpreter (scrypt,
+through `blocking`). There it asks `on_loop()`, and if so waits through `wait_for`, which hands the loop
+back to the other requests (the way SQLAlchemy's asyncio extension runs its blocking core: greenlet_spawn,
+await_only). Everything else a request does, SQLite's local calls included, runs to its end without a
+switch. asyncio itself is imported only on a loop: the command line (`secrets-hub get`) does without it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ import contextvars
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenlet import getcurrent, greenlet
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
@@ -96,9 +101,7 @@ def wait_for(awaitable: Awaitable[T]) -> T:
 def sleep(seconds: float) -> None:
     """Pause this request: on the loop, letting the loop serve others; elsewhere, the thread sleeps."""
     if on_loop():
-        import asyncio  # only here, on a loop: the command line does without it (`secrets-hub get`)
-
-        wait_for(asyncio.sleep(seconds))
+        wait_for(_asyncio().sleep(seconds))
     else:
         time.sleep(seconds)
 
@@ -107,7 +110,21 @@ def blocking(function: Callable[..., T], *args: Any) -> T:
     """`function(*args)`, which takes long without needing the interpreter (scrypt): on the loop, in a thread
     of the loop's default executor, the loop serving others meanwhile; elsewhere, here."""
     if on_loop():
-        import asyncio
-
-        return wait_for(asyncio.get_running_loop().run_in_executor(None, function, *args))
+        return wait_for(running_loop().run_in_executor(None, function, *args))
     return function(*args)
+
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """The loop this code runs on (on_loop() is true)."""
+    return _asyncio().get_running_loop()
+
+
+def new_lock() -> asyncio.Lock:
+    """A lock of the running loop's, for requests on it to queue on."""
+    return _asyncio().Lock()
+
+
+def _asyncio() -> Any:
+    import asyncio
+
+    return asyncio

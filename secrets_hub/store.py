@@ -126,15 +126,22 @@ class Stored(tuple):
     version = property(lambda self: self[3])
 
 
+def _pauses() -> Iterator[float]:
+    """How long a writer waits between tries of a lock or a locked database: 0.1 ms, doubling up to 2 ms. On
+    the event loop the pauses serve other requests (see event_loop)."""
+    pause = 0.0001
+    while True:
+        yield pause
+        pause = min(pause * 2, 0.002)
+
+
 def poll(take: Callable[[], bool], seconds: float) -> bool:
-    """Call `take` until it returns True, pausing 0.1 ms after the first miss, doubling up to 2 ms; False once
-    `seconds` are up. On the event loop the pauses serve other requests (see event_loop)."""
-    deadline, pause = time.monotonic() + seconds, 0.0001
+    """Call `take` until it returns True, with `_pauses` between tries; False once `seconds` are up."""
+    deadline, pauses = time.monotonic() + seconds, _pauses()
     while not take():
         if time.monotonic() >= deadline:
             return False
-        event_loop.sleep(pause)
-        pause = min(pause * 2, 0.002)
+        event_loop.sleep(next(pauses))
     return True
 
 
@@ -643,7 +650,7 @@ class Store:
         # write finding the database locked (by another program: ours take turns on the writer locks) gives up
         # at once and tries again after a pause in which the loop serves others, until its busy time is up.
         yielding = busy_seconds is not None and how != "read" and event_loop.on_loop()
-        deadline, pause = time.monotonic() + (busy_seconds or 0.0), 0.0001
+        deadline, pauses = time.monotonic() + (busy_seconds or 0.0), _pauses()
         shortened = yielding or busy_seconds is not None and busy_seconds < SQLITE_BUSY_SECONDS - 0.01
         may_retry = True
         while True:
@@ -685,8 +692,7 @@ class Store:
             except BaseException as error:
                 if yielding and backend.is_busy(error) and time.monotonic() < deadline:
                     self._give_back(connection)  # refused before it did anything: usable, and nothing to undo
-                    event_loop.sleep(pause)
-                    pause = min(pause * 2, 0.002)
+                    event_loop.sleep(next(pauses))
                     continue
                 refusal = self._refusal(error)
                 # A refused statement committed nothing, and leaves its connection usable.
@@ -725,8 +731,12 @@ class Store:
         return (rows[0] if rows else None) if one else rows
 
     @contextlib.contextmanager
-    def _one_writer(self) -> Iterator[float | None]:
-        """SQLite has one writer at a time (see `_lock_sqlite_writers`); yields the seconds left of its busy timeout."""
+    def writing(self) -> Iterator[float | None]:
+        """SQLite has one writer at a time (see `_lock_sqlite_writers`); yields the seconds left of its busy timeout.
+
+        The ORM's writes (users, tokens) take their turn here too, from their first write to their commit, so
+        that on an event loop they never meet SQLite's busy wait for one of ours. Nothing inside may write
+        through the store or record_now: the turn is not taken twice."""
         if self._checkpointer is None:
             yield None
             return
@@ -745,7 +755,7 @@ class Store:
         instead, woken the moment it is free, and processes on a lock file, polled at 0.1 to 2 ms; only other
         programs still meet SQLite's busy wait. Requests on an event loop (see event_loop) queue on a lock of
         the loop's first, handed on as promptly, and then only try the threads' lock, which the threads beside
-        the loop (the checkpointer's) alone contend for: a blocking wait would stall the loop. Time spent on the
+        the loop (the checkpointer's, a plugin's) alone contend for: a blocking wait would stall the loop. Time spent on the
         locks counts against the busy timeout. Returns the seconds left of it, and the loop's lock if taken;
         `_unlock_sqlite_writers` lets go of them all."""
         began = time.monotonic()
@@ -782,16 +792,14 @@ class Store:
 
     def _loop_writers(self) -> asyncio.Lock:
         """The lock on which the running loop's requests queue to write (see _lock_sqlite_writers)."""
-        import asyncio  # only on a loop: the command line does without it (`secrets-hub get`)
-
-        loop = asyncio.get_running_loop()
+        loop = event_loop.running_loop()
         if self._loop_writer is None or self._loop_writer[0] is not loop:
-            self._loop_writer = (loop, asyncio.Lock())
+            self._loop_writer = (loop, event_loop.new_lock())
         return self._loop_writer[1]
 
     def write(self, work: Callable[[Transaction], T]) -> T:
         """Run `work(tx)` in one transaction; it may run twice (see the module docstring), so it does only SQL."""
-        with self._one_writer() as busy_seconds:
+        with self.writing() as busy_seconds:
             return self._run(lambda connection: work(Transaction(self, connection)), "transaction",
                              busy_seconds=busy_seconds)
 
@@ -961,7 +969,7 @@ class Store:
         """Commit the events `events()` gives together (the audit writer's batch): a single statement needs no
         BEGIN or COMMIT. `events` is called once this process may write (on SQLite, when it holds the writer
         locks), so that a batch takes in the events that arrived while it waited for them."""
-        with self._one_writer() as busy_seconds:
+        with self.writing() as busy_seconds:
             statement, params = self.audit_insert(events())
             self._run(lambda connection: self.backend.execute(connection, statement, params), "statement",
                       busy_seconds=busy_seconds)

@@ -14,6 +14,7 @@ from secrets_hub.crypto import hash_token, new_api_token
 from secrets_hub.db import db
 from secrets_hub.errors import ConflictError, NotFoundError
 from secrets_hub.models import ApiToken
+from secrets_hub.runtime import runtime
 from secrets_hub.store import utcnow
 from secrets_hub.validation import is_token_name
 
@@ -50,9 +51,10 @@ def create_token(caller: Caller, name: str, scopes: list[str], allow: list[str] 
         "expires_at": now + expires_in if expires_in else None,
     }
     try:
-        db.session.execute(insert(ApiToken), row)
-        audit.record(caller, "token.create", name, "ok")
-        db.session.commit()
+        with runtime().store.writing():
+            db.session.execute(insert(ApiToken), row)
+            audit.record(caller, "token.create", name, "ok")
+            db.session.commit()
     except IntegrityError:
         db.session.rollback()
         audit.record_now(caller, "token.create", name, "conflict")
@@ -68,13 +70,16 @@ def list_tokens(caller: Caller) -> list[dict[str, Any]]:
 def revoke_token(caller: Caller, name: str) -> None:
     """Delete the token; this process stops accepting it at once, others within seconds."""
     authorize(caller, ADMIN, "token.revoke")
-    token_hash = is_token_name(name) and db.session.execute(
-        delete(ApiToken).where(ApiToken.name == name).returning(ApiToken.token_hash)
-    ).scalar()
+    with runtime().store.writing():
+        token_hash = is_token_name(name) and db.session.execute(
+            delete(ApiToken).where(ApiToken.name == name).returning(ApiToken.token_hash)
+        ).scalar()
+        if token_hash:
+            audit.record(caller, "token.revoke", name, "ok")
+            db.session.commit()
+        else:
+            db.session.rollback()  # the DELETE holds SQLite's write lock, which the audit writer needs
     if not token_hash:
-        db.session.rollback()  # the DELETE holds SQLite's write lock, which the audit writer needs
         audit.record_now(caller, "token.revoke", name, "not_found")
         raise NotFoundError(f'Token "{name}" not found')
-    audit.record(caller, "token.revoke", name, "ok")
-    db.session.commit()
     forget_token(token_hash)

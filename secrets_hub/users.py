@@ -18,6 +18,7 @@ from secrets_hub.auth import ADMIN, Caller, authorize
 from secrets_hub.db import db
 from secrets_hub.errors import ConflictError, ValidationError
 from secrets_hub.models import User
+from secrets_hub.runtime import runtime
 from secrets_hub.store import new_uuid, utcnow
 
 EMAIL_PATTERN = re.compile(r"[^@\s\x00]+@[^@\s\x00]+")
@@ -82,9 +83,10 @@ def create_user(caller: Caller | None, email: Any, password: Any, is_admin: bool
     row = {"id": new_uuid(), "email": email, "password_hash": _password_hash(password),
            "is_admin": is_admin, "created_at": utcnow()}
     try:
-        db.session.execute(insert(User), row)
-        audit.record(caller or Caller(email, "ui", frozenset(), remote_addr=remote_addr), "user.create", email, "ok")
-        db.session.commit()
+        with runtime().store.writing():
+            db.session.execute(insert(User), row)
+            audit.record(caller or Caller(email, "ui", frozenset(), remote_addr=remote_addr), "user.create", email, "ok")
+            db.session.commit()
     except IntegrityError:
         db.session.rollback()
         raise ConflictError(f'User "{email}" already exists') from None
@@ -98,9 +100,11 @@ def change_password(caller: Caller, current_password: Any, new_password: Any) ->
         audit.record_now(caller, "user.password", caller.actor, "denied")
         raise ValidationError("Current password is incorrect")
     _, new_password = validate_credentials(row.email, new_password)
-    row.password_hash = _password_hash(new_password)
-    audit.record(caller, "user.password", caller.actor, "ok")
-    db.session.commit()
+    password_hash = _password_hash(new_password)
+    with runtime().store.writing():
+        row.password_hash = password_hash
+        audit.record(caller, "user.password", caller.actor, "ok")
+        db.session.commit()
     return _from_row(row)
 
 

@@ -31,6 +31,9 @@ def create_asgi_app() -> "ASGIApp":
 
 
 class ASGIApp:
+    """An ASGI app serving a Flask app of ours: the hot path's requests answered from the ASGI request, the
+    others through the WSGI app, each in a greenlet on the loop (event_loop.run); lifespan events answered."""
+
     def __init__(self, app: Flask):
         self.wsgi_app, self.max_body = app.wsgi_app, app.config["MAX_CONTENT_LENGTH"]
         # The hot path's requests skip the environ too, unless a proxy's headers must first be applied to them
