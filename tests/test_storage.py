@@ -786,14 +786,15 @@ def test_sqlite_writes_wait_for_a_writer_of_another_process_and_go_on_when_it_is
 
 
 def test_sqlite_a_write_gives_up_with_503_when_another_process_keeps_the_writer_lock(backend, database_url, client,
-                                                                                   admin_token, monkeypatch):
+                                                                                   make_token, monkeypatch):
     if backend != "sqlite":
         pytest.skip("PostgreSQL orders writers itself")
     from secrets_hub import store
 
-    monkeypatch.setattr(store, "SQLITE_BUSY_SECONDS", 0.5)
     path = database_url.removeprefix("sqlite:///")
     os.chmod(path, 0o640)
+    admin_token = make_token("secrets:write", name="admin")  # the first write: it makes the lock file
+    monkeypatch.setattr(store, "SQLITE_BUSY_SECONDS", 0.5)
     other_process = hold_sqlite_writer_lock(database_url)
     try:
         response = client.post("/api/secrets", json={"key": "NOT_NOW", "value": "v"}, headers=bearer(admin_token))
