@@ -755,9 +755,9 @@ class Store:
         instead, woken the moment it is free, and processes on a lock file, polled at 0.1 to 2 ms; only other
         programs still meet SQLite's busy wait. Requests on an event loop (see event_loop) queue on a lock of
         the loop's first, handed on as promptly, and then only try the threads' lock, which the threads beside
-        the loop (the checkpointer's, a plugin's) alone contend for: a blocking wait would stall the loop. Time spent on the
-        locks counts against the busy timeout. Returns the seconds left of it, and the loop's lock if taken;
-        `_unlock_sqlite_writers` lets go of them all."""
+        the loop (the checkpointer's, a plugin's) alone contend for: a blocking wait would stall the loop.
+        Time spent on the locks counts against the busy timeout. Returns the seconds left of it, and the
+        loop's lock if taken; `_unlock_sqlite_writers` lets go of them all."""
         began = time.monotonic()
         loop_writers = None
         if event_loop.on_loop():

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wsgi import get_path_info
 
 from secrets_hub import schemas, service
@@ -55,23 +56,6 @@ def _declared_length(header: str) -> float:
     return int(header) if is_decimal(header) else float("inf")
 
 
-class _EnvironHeaders:
-    """The headers hot_request looks at, by lower-case name, in a WSGI environ."""
-
-    __slots__ = ("_environ",)
-    _KEYS = {"authorization": "HTTP_AUTHORIZATION", "content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH",
-             "transfer-encoding": "HTTP_TRANSFER_ENCODING", "if-match": "HTTP_IF_MATCH"}
-
-    def __init__(self, environ: dict[str, Any]):
-        self._environ = environ
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self._environ.get(self._KEYS[name], default)
-
-    def __contains__(self, name: str) -> bool:
-        return self._KEYS[name] in self._environ
-
-
 class HotPath:
     """WSGI middleware in front of the Flask app: the requests above are answered here, everything else there.
     `secrets-hub serve`'s ASGI app (asgi.py) calls `answer` itself, without a WSGI environ."""
@@ -81,7 +65,7 @@ class HotPath:
         self.max_body = app.config["MAX_CONTENT_LENGTH"]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        headers = _EnvironHeaders(environ)
+        headers = EnvironHeaders(environ)
         hot = hot_request(environ["REQUEST_METHOD"], environ.get("QUERY_STRING"), get_path_info(environ), headers,
                           self.max_body)
         if hot is None:
