@@ -248,8 +248,9 @@ def _flat_dumper(schema: Schema) -> Callable[[Any], dict[str, Any]] | None:
         value = f"row[{(name if field.attribute is None else field.attribute)!r}]"
         convert = _FLAT_FIELDS[type(field)]
         if convert is not None:
-            conversions[f"convert_{len(conversions)}"] = convert
-            value = f"convert_{len(conversions) - 1}({value})"
+            convert_name = f"convert_{len(conversions)}"
+            conversions[convert_name] = convert
+            value = f"{convert_name}({value})"
         entries.append(f"{(name if field.data_key is None else field.data_key)!r}: {value}")
     # The source holds only names quoted by repr and numbered conversions: nothing a schema's names can break.
     source = f"def dump_one(row):\n    return {{{', '.join(entries)}}}\n"

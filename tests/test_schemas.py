@@ -53,7 +53,7 @@ def test_the_generated_dump_is_marshmallows(name: str, none: bool) -> None:
         assert dump_one(row) == schema.dump(row, many=False)
 
 
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.mark.parametrize("name", sorted(FLAT))  # the others are marshmallow's own dump (see the test above)
 def test_dump_is_marshmallows_dump(name: str) -> None:
     schema = SCHEMAS[name]
     data = [sample(schema, number) for number in range(3)] if schema.many else sample(schema, 1)
